@@ -1,0 +1,1 @@
+"""Notebook views: the deployment card, reports and the live monitor."""

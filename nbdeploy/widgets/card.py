@@ -1,0 +1,74 @@
+"""The deployment card: a widget in a live kernel, plain HTML everywhere else.
+
+Both go out in one mimebundle, so a saved notebook, nbconvert's HTML or GitHub still show the
+card's status, URL and example call when no widget renderer is there.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+
+def card_html(info: dict[str, Any]) -> str:
+    """Static HTML for a deployment: name, version, status, URL, curl example, inputs, fidelity."""
+    status = str(info.get("status"))
+    colour = "#1a7f37" if status == "ready" else ("#9a6700" if status == "starting" else "#cf222e")
+    rows = [
+        ("Version", info.get("version")),
+        ("Status", f'<span style="color:{colour};font-weight:600">&#9679; {html.escape(status)}</span>'),
+        ("Endpoint", f'<code>{html.escape(str(info.get("url")))}</code>'),
+    ]
+    fidelity = info.get("fidelity") or {}
+    if fidelity:
+        if fidelity.get("task") == "regression":
+            fig = f"max relative diff {fidelity.get('max_rel_diff', 0):.2g}"
+        else:
+            fig = f"labels agree {fidelity.get('agreement', 0):.2%}, max prob. diff {fidelity.get('max_abs_diff', 0):.2g}"
+        verdict = "passed" if fidelity.get("passed") else "FAILED (forced)"
+        rows.append(("ONNX fidelity", html.escape(f"{verdict}, {fidelity.get('precision')}: {fig} "
+                                                    f"on {fidelity.get('n')} rows")))
+    signature = info.get("signature") or {}
+    inputs = signature.get("inputs", [])
+    if inputs:
+        shown = ", ".join(f"{i['name']}: {i['datatype']}" for i in inputs[:12])
+        more = f" … (+{len(inputs) - 12})" if len(inputs) > 12 else ""
+        rows.append(("Inputs", html.escape(shown + more)))
+    rows.append(("Promotion gate", "gated on held-out data" if info.get("gated") else "not gated (no labelled held-out data)"))
+    total = (info.get("timings") or {}).get("total_s")
+    if total:
+        rows.append(("Deployed in", f"{total:.2f} s"))
+    body = "".join(
+        f'<tr><th style="text-align:left;padding:2px 12px 2px 0">{k}</th><td style="text-align:left">{v}</td></tr>'
+        for k, v in rows
+    )
+    curl = info.get("curl")
+    curl_html = (f'<details><summary>Call it</summary><pre style="white-space:pre-wrap">{html.escape(curl)}</pre>'
+                 "</details>") if curl else ""
+    return (f'<div class="nbdeploy-card" style="border:1px solid #d0d7de;border-radius:6px;padding:8px 12px">'
+            f'<b>nbdeploy</b> · model <b>{html.escape(str(info.get("name")))}</b>'
+            f"<table>{body}</table>{curl_html}</div>")
+
+
+def card_bundle(info: dict[str, Any]) -> dict[str, Any]:
+    """Mimebundle with the widget view (in a kernel) and the HTML fallback."""
+    text = card_html(info)
+    bundle: dict[str, Any] = {"text/html": text,
+                              "text/plain": f"nbdeploy: {info.get('name')} v{info.get('version')} "
+                                            f"{info.get('status')} at {info.get('url')}"}
+    if _in_kernel():
+        import ipywidgets
+
+        widget = ipywidgets.HTML(value=text)
+        view = widget._repr_mimebundle_() or {}
+        bundle.update({k: v for k, v in view.items() if k != "text/plain"})
+    return bundle
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
