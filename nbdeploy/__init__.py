@@ -9,11 +9,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from nbdeploy.api import Deployment, deploy, deployments, get, shutdown  # noqa: E402
-from nbdeploy.errors import NbdeployError  # noqa: E402
+from nbdeploy.api import Deployment, deploy, deployments, get, shutdown
+from nbdeploy.errors import NbdeployError
 
-__all__ = ["Deployment", "NbdeployError", "__version__", "deploy", "deployments", "get", "shutdown",
-           "load_ipython_extension"]
+__all__ = [
+    "Deployment",
+    "NbdeployError",
+    "__version__",
+    "deploy",
+    "deployments",
+    "get",
+    "load_ipython_extension",
+    "shutdown",
+]
 
 
 def load_ipython_extension(ipython: Any) -> None:

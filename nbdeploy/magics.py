@@ -77,7 +77,8 @@ class DeployMagics(Magics):
         try:
             return getattr(self, f"_{command}")(args)
         except NbdeployError as exc:
-            raise UsageError(f"%deploy {command if command != 'deploy' else ''}".rstrip() + f": {exc.message}") from None
+            prefix = "%deploy" if command == "deploy" else f"%deploy {command}"
+            raise UsageError(f"{prefix}: {exc.message}") from None
 
     # -- subcommands -------------------------------------------------------------------
     def _deploy(self, args: argparse.Namespace) -> api.Deployment:

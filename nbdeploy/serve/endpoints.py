@@ -16,6 +16,7 @@ from nbdeploy.serve import handlers
 from nbdeploy.serve.protocol import decode_infer_request, encode_infer_response
 from nbdeploy.serve.runtime import Runtime
 
+
 class VersionSegment(Convertor[str | None]):
     """Matches nothing or ``/versions/<v>``; yields ``None`` or ``"<v>"``."""
 

@@ -196,7 +196,9 @@ class Store:
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
         """Point ``alias`` at ``version``; returns the version it pointed at before."""
         if not ALIAS_RE.match(alias):
-            raise InvalidInput(f"alias {alias!r} is not valid: use letters, digits, '-' and '_', starting with a letter")
+            raise InvalidInput(
+                f"alias {alias!r} is not valid: use letters, digits, '-' and '_', starting with a letter"
+            )
         self.version(name, version)
         with self._tx() as db:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()

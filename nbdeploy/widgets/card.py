@@ -24,7 +24,8 @@ def card_html(info: dict[str, Any]) -> str:
         if fidelity.get("task") == "regression":
             fig = f"max relative diff {fidelity.get('max_rel_diff', 0):.2g}"
         else:
-            fig = f"labels agree {fidelity.get('agreement', 0):.2%}, max prob. diff {fidelity.get('max_abs_diff', 0):.2g}"
+            fig = (f"labels agree {fidelity.get('agreement', 0):.2%}, "
+                   f"max prob. diff {fidelity.get('max_abs_diff', 0):.2g}")
         verdict = "passed" if fidelity.get("passed") else "FAILED (forced)"
         rows.append(("ONNX fidelity", html.escape(f"{verdict}, {fidelity.get('precision')}: {fig} "
                                                     f"on {fidelity.get('n')} rows")))
@@ -34,7 +35,8 @@ def card_html(info: dict[str, Any]) -> str:
         shown = ", ".join(f"{i['name']}: {i['datatype']}" for i in inputs[:12])
         more = f" … (+{len(inputs) - 12})" if len(inputs) > 12 else ""
         rows.append(("Inputs", html.escape(shown + more)))
-    rows.append(("Promotion gate", "gated on held-out data" if info.get("gated") else "not gated (no labelled held-out data)"))
+    gate = "gated on held-out data" if info.get("gated") else "not gated (no labelled held-out data)"
+    rows.append(("Promotion gate", gate))
     total = (info.get("timings") or {}).get("total_s")
     if total:
         rows.append(("Deployed in", f"{total:.2f} s"))

@@ -1,0 +1,45 @@
+"""Shared fixtures: fitted models on the datasets scikit-learn ships, and real server stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LogisticRegression, Ridge
+
+import nbdeploy
+
+
+@pytest.fixture(autouse=True)
+def _no_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never write to the working directory's store."""
+    monkeypatch.setenv("NBDEPLOY_HOME", str(tmp_path / "default-home"))
+
+
+@pytest.fixture(scope="session")
+def iris():
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    return X, y, LogisticRegression(max_iter=500).fit(X, y)
+
+
+@pytest.fixture(scope="session")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    return X, y, Ridge(alpha=0.5).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, iris, diabetes) -> Iterator[dict]:
+    """One real server process with iris (classifier, DataFrame) and diabetes (regressor, array)."""
+    home = str(tmp_path_factory.mktemp("served"))
+    Xi, _, iris_model = iris
+    Xd, _, diabetes_model = diabetes
+    deps = {
+        "iris": nbdeploy.deploy(iris_model, Xi, name="iris", home=home),
+        "diabetes": nbdeploy.deploy(diabetes_model, Xd, name="diabetes", home=home),
+    }
+    yield {"home": home, "deps": deps, "url": deps["iris"].server_url}
+    nbdeploy.shutdown(home)
+
