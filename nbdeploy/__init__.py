@@ -1,27 +1,67 @@
 """nbdeploy: from a notebook cell to a monitored ONNX Runtime endpoint.
 
 ``%load_ext nbdeploy`` registers the ``%deploy`` magic; the same workflow is plain Python here.
+Names load on first use, so ``import nbdeploy`` stays cheap (the server and an in-process
+predictor never pay for scikit-learn or IPython).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from nbdeploy.api import Deployment, deploy, deployments, get, shutdown
-from nbdeploy.errors import NbdeployError
+_LAZY = {
+    "Deployment": "nbdeploy.deployment",
+    "GateRefused": "nbdeploy.promotion",
+    "NbdeployError": "nbdeploy.errors",
+    "deploy": "nbdeploy.api",
+    "deployments": "nbdeploy.api",
+    "evaluate": "nbdeploy.evaluate",
+    "get": "nbdeploy.api",
+    "models": "nbdeploy.api",
+    "promote": "nbdeploy.api",
+    "rollback": "nbdeploy.api",
+    "shutdown": "nbdeploy.api",
+    "train": "nbdeploy.api",
+}
 
 __all__ = [
     "Deployment",
+    "GateRefused",
     "NbdeployError",
     "__version__",
     "deploy",
     "deployments",
+    "evaluate",
     "get",
     "load_ipython_extension",
+    "models",
+    "promote",
+    "rollback",
     "shutdown",
+    "train",
 ]
+
+if TYPE_CHECKING:
+    from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shutdown, train
+    from nbdeploy.deployment import Deployment
+    from nbdeploy.errors import NbdeployError
+    from nbdeploy.evaluate import evaluate
+    from nbdeploy.promotion import GateRefused
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nbdeploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -7,141 +7,51 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+import weakref
 from typing import Any
 
 import numpy as np
 
 from nbdeploy import client
 from nbdeploy.convert import Converted, task_of, to_onnx
-from nbdeploy.errors import ConversionError, InvalidInput, NbdeployError, NotFound
+from nbdeploy.deployment import Deployment
+from nbdeploy.errors import ConversionError, InvalidInput, NbdeployError
+from nbdeploy.evaluate import EvaluationResult, TrainResult, evaluate
+from nbdeploy.evaluate import train as _train
 from nbdeploy.fidelity import FidelityReport, check
+from nbdeploy.monitor import reference_profile
+from nbdeploy.predictor import OnnxPredictor
+from nbdeploy.promotion import HOLDOUT_FILE, GateRefused, holdout_bytes, judge
+from nbdeploy.promotion import evaluate_stored as evaluate_version
+from nbdeploy.promotion import promote as _promote
+from nbdeploy.promotion import rollback as _rollback
 from nbdeploy.serve import process
-from nbdeploy.signature import Signature, from_sample
+from nbdeploy.signature import from_sample
 from nbdeploy.store import PRODUCTION, Store, check_name
+from nbdeploy.widgets.registry import RegistryTable
 
-
-@dataclass
-class Deployment:
-    """A model name served from a store. Properties read the store, so a handle stays current."""
-
-    name: str
-    home: str
-    fidelity: FidelityReport | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def _store(self) -> Store:
-        return Store(self.home)
-
-    @property
-    def version(self) -> int | None:
-        """The version the endpoint serves by default (the ``production`` alias)."""
-        return self._store.aliases(self.name).get(PRODUCTION)
-
-    @property
-    def server_url(self) -> str | None:
-        record = process.running_server(self._store)
-        return record.url if record else None
-
-    @property
-    def url(self) -> str | None:
-        base = self.server_url
-        return f"{base}/v2/models/{self.name}" if base else None
-
-    @property
-    def status(self) -> str:
-        store = self._store
-        if self.name not in store.serving_models():
-            return "stopped"
-        record = process.running_server(store)
-        if record is None:
-            return "server down"
-        state = store.served().get((self.name, self.version or -1))
-        if state is None:
-            return "starting"
-        return state[0] if state[1] is None else f"failed: {state[1]}"
-
-    @property
-    def signature(self) -> Signature:
-        return Signature.from_dict(self._meta()["signature"])
-
-    def _meta(self) -> dict[str, Any]:
-        version = self.version
-        if version is None:
-            raise NotFound(f"model {self.name!r} has no production version")
-        return self._store.version(self.name, version).meta
-
-    def _infer(self, X: Any, outputs: list[str]) -> dict[str, np.ndarray]:
-        url = self.url
-        if url is None:
-            raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
-        payload = {"inputs": client.v2_inputs(self.signature, X), "outputs": [{"name": o} for o in outputs]}
-        return client.outputs_by_name(client.post_json(f"{url}/infer", payload))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint."""
-        return self._infer(X, ["label"])["label"]
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes``, through the HTTP endpoint."""
-        if self._meta().get("task") != "classification":
-            raise InvalidInput(f"{self.name!r} is not a classifier: predict_proba needs class probabilities")
-        return self._infer(X, ["probabilities"])["probabilities"]
-
-    @property
-    def classes(self) -> list[Any] | None:
-        return self._meta().get("classes")
-
-    def curl(self) -> str:
-        """A copy-paste ``curl`` call of the endpoint with one example row."""
-        example = {"inputs": self._meta().get("example", [])}
-        import json
-
-        return (f"curl -s -X POST {self.url}/infer -H 'Content-Type: application/json' "
-                f"-d '{json.dumps(example)}'")
-
-    def stop(self) -> None:
-        """Stop serving this model; the server exits when it serves nothing else."""
-        store = self._store
-        store.set_serving(self.name, False)
-        if not store.serving_models():
-            process.stop_server(store)
-        elif process.running_server(store):
-            process.wait_applied(store, store.generation())
-
-    def info(self) -> dict[str, Any]:
-        meta = self._meta() if self.version is not None else {}
-        return {
-            "name": self.name, "version": self.version, "status": self.status, "url": self.url,
-            "curl": self.curl() if self.url and meta else None, "task": meta.get("task"),
-            "signature": meta.get("signature"), "fidelity": meta.get("fidelity"), "timings": self.timings,
-            "gated": meta.get("gated", False),
-        }
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from nbdeploy.widgets.card import card_bundle
-
-        return card_bundle(self.info())
-
-    def __repr__(self) -> str:
-        return f"Deployment(name={self.name!r}, version={self.version}, url={self.url!r}, status={self.status!r})"
+# Runs recorded by train(), by the fitted model they produced: deploy() finds its held-out data here.
+_RUNS: weakref.WeakKeyDictionary[Any, tuple[int, TrainResult]] = weakref.WeakKeyDictionary()
 
 
 def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | None = None,
-           port: int | None = None, force: bool = False) -> Deployment:
+           port: int | None = None, force: bool = False, min_score: float | None = None,
+           tolerance: float = 0.0) -> Deployment:
     """Convert ``model`` to ONNX, check it, store it as a new version, and serve it.
 
-    ``sample`` fixes the input schema; ``test`` (``X`` or ``(X, y)``) is the held-out data
-    the fidelity check runs on (default: the sample). Returns once the server answers with
-    the new version.
+    ``sample`` fixes the input schema. ``test`` is held-out data: ``(X, y)`` judges the new
+    version through the promotion gate against the current production version (so does a run
+    recorded by :func:`train` for this model); ``X`` alone is used for the fidelity check only.
+    A refused version stays registered and :class:`GateRefused` is raised. Returns once the
+    server answers with the new version.
     """
     started = time.perf_counter()
     check_name(name)
     check_fitted(model)
     store = Store(home)
-    X_check = test[0] if isinstance(test, tuple) else test
-    X_check = sample if X_check is None else X_check
+    run = _RUNS.get(model)
+    holdout = _holdout(test, run)
+    X_check = holdout[0] if holdout else (test if test is not None else sample)
     converted, fidelity = convert_checked(model, sample, X_check)
     if not fidelity.passed and not force:
         raise ConversionError(
@@ -150,18 +60,51 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
         )
     converted_at = time.perf_counter()
     meta = version_meta(converted, fidelity, sample)
-    version = store.register(name, converted.onnx_bytes, meta)
+    meta["profile"] = reference_profile(run[1].X_train if run else sample)
+    meta["run_id"] = run[0] if run else None
+    files: dict[str, bytes] = {}
+    decision = None
+    if holdout is not None:
+        X_h, y_h = holdout
+        candidate = evaluate(OnnxPredictor(converted.onnx_bytes, {**meta, "name": name}), X_h, y_h,
+                             name=f"{name} (candidate)")
+        decision = judge(store, name, candidate, X_h, y_h, min_score=min_score, tolerance=tolerance)
+        meta.update(gated=True, metrics=candidate.to_dict(), gate=decision.to_dict())
+        files[HOLDOUT_FILE] = holdout_bytes(X_h, y_h)
+    refused = decision is not None and not decision.passed and not force
+    version = store.register(name, converted.onnx_bytes, meta, status="refused" if refused else "registered",
+                             files=files)
+    if refused:
+        assert decision is not None
+        raise GateRefused(name, version, decision)
     store.set_alias(name, PRODUCTION, version)
     store.set_serving(name, True)
-    generation = store.generation()
-    process.ensure_server(store, port)
-    process.wait_applied(store, generation)
+    _serve(store, port)
     state, error = store.served().get((name, version), ("missing", "the server did not load it"))
     if state != "ready":
         raise NbdeployError(f"the server could not load {name!r} version {version}: {error}", 500)
     done = time.perf_counter()
     timings = {"convert_s": converted_at - started, "serve_s": done - converted_at, "total_s": done - started}
-    return Deployment(name=name, home=str(store.home), fidelity=fidelity, timings=timings)
+    return Deployment(name=name, home=str(store.home), fidelity=fidelity, timings=timings, gate=decision)
+
+
+def _serve(store: Store, port: int | None = None) -> None:
+    """Make sure the server runs and has caught up with the store."""
+    generation = store.generation()
+    process.ensure_server(store, port)
+    process.wait_applied(store, generation)
+
+
+def _holdout(test: Any, run: tuple[int, TrainResult] | None) -> tuple[Any, Any] | None:
+    if isinstance(test, tuple):
+        if len(test) == 2:
+            return test
+        if len(test) != 1:
+            raise InvalidInput(f"test must be X or (X, y); got a tuple of {len(test)}")
+        return None
+    if test is None and run is not None:
+        return run[1].X_test, run[1].y_test
+    return None
 
 
 def convert_checked(model: Any, sample: Any, X_check: Any) -> tuple[Converted, FidelityReport]:
@@ -226,6 +169,91 @@ def get(name: str, home: str | None = None) -> Deployment:
 def shutdown(home: str | None = None) -> bool:
     """Stop the store's server process, if one runs. Models stay registered."""
     return process.stop_server(Store(home))
+
+
+def train(estimator: Any, X: Any, y: Any, name: str, *, test_size: float = 0.2, stratify: bool = False,
+          cv: int | None = None, seed: int = 0, home: str | None = None) -> TrainResult:
+    """Split, fit a clone, evaluate on the held-out part, and record the run in the store.
+
+    Deploying the returned ``result.model`` later uses this run's held-out rows for the
+    promotion gate and its training rows as the drift reference.
+    """
+    check_name(name)
+    result = _train(estimator, X, y, test_size=test_size, stratify=stratify, cv=cv, seed=seed)
+    store = Store(home)
+    summary = {**result.to_dict(), "profile": reference_profile(result.X_train)}
+    run_id = store.add_run(name, summary)
+    _RUNS[result.model] = (run_id, result)
+    result.run_id = run_id
+    return result
+
+
+def promote(name: str, version: int, alias: str = PRODUCTION, *, min_score: float | None = None,
+            tolerance: float = 0.0, force: bool = False, home: str | None = None) -> Deployment:
+    """Point ``alias`` at ``version``. For ``production`` the gate judges it on its held-out data."""
+    store = Store(home)
+    decision = _promote(store, name, int(version), alias, min_score=min_score, tolerance=tolerance, force=force)
+    if alias == PRODUCTION:
+        store.set_serving(name, True)
+    if store.server() is not None or alias == PRODUCTION:
+        _serve(store)
+    return Deployment(name=name, home=str(store.home), gate=decision)
+
+
+def rollback(name: str, *, alias: str = PRODUCTION, home: str | None = None) -> Deployment:
+    """Serve the version ``alias`` had before its last move (repeat to go further back)."""
+    store = Store(home)
+    _rollback(store, name, alias)
+    if store.server() is not None:
+        _serve(store)
+    return Deployment(name=name, home=str(store.home))
+
+
+def evaluate_stored(name: str, X: Any, y: Any, *, version: int | str | None = None,
+                    home: str | None = None) -> EvaluationResult:
+    """Evaluate a stored version (default: production) as it is served, on labelled rows."""
+    store = Store(home)
+    store.require_model(name)
+    aliases = store.aliases(name)
+    if version is None or str(version) in aliases:
+        number = aliases.get(str(version) if version is not None else PRODUCTION)
+        if number is None:
+            raise InvalidInput(f"{name!r} has no production version; pass a version number")
+    elif str(version).isdigit():
+        number = int(version)
+    else:
+        raise InvalidInput(f"{name!r} has no alias {version!r}; aliases: {', '.join(aliases) or 'none'}")
+    return evaluate_version(store.version(name, number), X, y)
+
+
+def models(home: str | None = None) -> RegistryTable:
+    """Every model in the store: versions, aliases, status, URL and the key metric."""
+    store = Store(home)
+    server = process.running_server(store)
+    served = store.served() if server else {}
+    serving = set(store.serving_models())
+    rows = []
+    for name in store.model_names():
+        versions = store.versions(name)
+        aliases = store.aliases(name)
+        production = aliases.get(PRODUCTION)
+        meta = next((v.meta for v in versions if v.version == production), {})
+        metrics = (meta.get("metrics") or {})
+        primary = metrics.get("primary_metric")
+        score = (metrics.get("metrics") or {}).get(primary) if primary else None
+        if name not in serving:
+            status = "stopped"
+        elif server is None:
+            status = "server down"
+        else:
+            status = served.get((name, production or -1), ("starting", None))[0]
+        rows.append({
+            "name": name, "versions": [v.version for v in versions],
+            "refused": [v.version for v in versions if v.status == "refused"], "aliases": aliases,
+            "status": status, "url": f"{server.url}/v2/models/{name}" if server and name in serving else None,
+            "metric": primary, "score": score,
+        })
+    return RegistryTable(rows)
 
 
 def check_fitted(model: Any) -> None:

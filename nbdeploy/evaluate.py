@@ -42,7 +42,13 @@ _FLEX = '<div style="display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-star
 
 
 def task_of(estimator: Any) -> Task:
-    """The task an estimator (or a pipeline ending in one) solves; else InvalidInput."""
+    """The task an estimator (or a pipeline ending in one) solves; else InvalidInput.
+
+    A stored version loaded as an ``OnnxPredictor`` says its task itself (``nbdeploy_task``).
+    """
+    stored_task = getattr(estimator, "nbdeploy_task", None)
+    if stored_task is not None:
+        return stored_task
     if not hasattr(estimator, "fit"):
         raise InvalidInput(
             f"expected a scikit-learn estimator, got {type(estimator).__name__}"
@@ -316,7 +322,8 @@ def evaluate(
         raise InvalidInput(f"{label} is a clusterer: only classifiers and regressors "
                            "can be evaluated against labels")
     try:
-        check_is_fitted(model)
+        if not hasattr(model, "nbdeploy_task"):  # a stored version is fitted by definition
+            check_is_fitted(model)
     except NotFittedError:
         msg = f"{label} is not fitted: call fit() or train() first"
         raise InvalidInput(msg) from None

@@ -18,6 +18,9 @@ from traitlets import Int, Unicode
 
 from nbdeploy import api
 from nbdeploy.errors import NbdeployError
+from nbdeploy.evaluate import evaluate
+from nbdeploy.promotion import GateRefused
+from nbdeploy.store import Store
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,9 +39,38 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--sample", required=True, help="variable with sample input (DataFrame or 2-D array)")
     p.add_argument("--test", nargs="+", metavar="VAR", help="held-out X [y] for the fidelity check")
     p.add_argument("--port", type=int, help="port for a new server (default: a free one)")
-    p.add_argument("--force", action="store_true", help="deploy even if the ONNX model fails the fidelity check")
+    p.add_argument("--force", action="store_true",
+                   help="deploy even if the fidelity check or the promotion gate refuses it")
+    _gate_options(p)
     parsers["deploy"] = p
-    p = _Parser(prog="list", add_help=False, description="Models this store serves.")
+    p = _Parser(prog="train", add_help=False,
+                description="Split, fit, evaluate on the held-out part and record a run.")
+    p.add_argument("estimator", help="variable holding a scikit-learn estimator or pipeline (fitted in place)")
+    p.add_argument("X", help="variable with the features")
+    p.add_argument("y", help="variable with the labels or targets")
+    p.add_argument("--name", required=True, help="model name the run is recorded under")
+    p.add_argument("--test-size", type=float, default=0.2, help="held-out share (default 0.2)")
+    p.add_argument("--stratify", action="store_true", help="keep class proportions in the split")
+    p.add_argument("--cv", type=int, help="also cross-validate on the training part with K folds")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the split and the estimator")
+    parsers["train"] = p
+    p = _Parser(prog="test", add_help=False, description="Evaluate a model on labelled data (a report).")
+    p.add_argument("model", help="variable holding a fitted model, or the name of a stored model")
+    p.add_argument("X", help="variable with the features")
+    p.add_argument("y", help="variable with the labels or targets")
+    p.add_argument("--version", help="stored version or alias to test (default: production)")
+    parsers["test"] = p
+    p = _Parser(prog="promote", add_help=False, description="Point an alias (default production) at a version.")
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=int, help="version number")
+    p.add_argument("--alias", default="production", help="alias to move (default production)")
+    p.add_argument("--force", action="store_true", help="promote even if the gate refuses it")
+    _gate_options(p)
+    parsers["promote"] = p
+    p = _Parser(prog="rollback", add_help=False, description="Serve the previous production version again.")
+    p.add_argument("name", help="model name")
+    parsers["rollback"] = p
+    p = _Parser(prog="list", add_help=False, description="Every model in the store: versions, aliases, status.")
     parsers["list"] = p
     p = _Parser(prog="stop", add_help=False, description="Stop serving a model (the server exits when idle).")
     p.add_argument("name", help="model name")
@@ -48,7 +80,13 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     return parsers
 
 
-SUBCOMMANDS = ("list", "stop", "shutdown")
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-score", type=float, help="floor for the held-out metric (accuracy or R²)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="how much worse than production the candidate may score (default 0)")
+
+
+SUBCOMMANDS = ("train", "test", "promote", "rollback", "list", "stop", "shutdown")
 
 
 @magics_class
@@ -65,7 +103,7 @@ class DeployMagics(Magics):
 
     @line_magic
     def deploy(self, line: str) -> Any:
-        """%deploy MODEL --name NAME --sample X [--test X y] | list | stop NAME | shutdown"""
+        """%deploy MODEL --name NAME --sample X [--test X y] | train | test | promote | rollback | list | stop"""
         try:
             tokens = shlex.split(line)
         except ValueError as exc:
@@ -89,18 +127,52 @@ class DeployMagics(Magics):
             if len(args.test) > 2:
                 raise UsageError("%deploy: --test takes X or X y")
             test = tuple(self._lookup(v, "test data") for v in args.test)
-        dep = api.deploy(model, sample, args.name, test=test, home=self._home(),
-                         port=args.port or self.port or None, force=args.force)
+        try:
+            dep = api.deploy(model, sample, args.name, test=test, home=self._home(),
+                             port=args.port or self.port or None, force=args.force,
+                             min_score=args.min_score, tolerance=args.tolerance)
+        except GateRefused as refused:
+            display(refused.decision)
+            print(refused.message)
+            return None
         display(dep)
         return None
 
-    def _list(self, args: argparse.Namespace) -> None:
-        deps = api.deployments(home=self._home())
-        if not deps:
-            print("no models are served from this store")
+    def _train(self, args: argparse.Namespace) -> None:
+        estimator = self._lookup(args.estimator, "estimator")
+        X, y = self._lookup(args.X, "features"), self._lookup(args.y, "labels")
+        result = api.train(estimator, X, y, args.name, test_size=args.test_size, stratify=args.stratify,
+                           cv=args.cv, seed=args.seed, home=self._home())
+        self.shell.user_ns[args.estimator] = result.model  # the fitted model, ready for %deploy
+        display(result)
+
+    def _test(self, args: argparse.Namespace) -> None:
+        X, y = self._lookup(args.X, "features"), self._lookup(args.y, "labels")
+        if args.model in self.shell.user_ns:
+            display(evaluate(self.shell.user_ns[args.model], X, y, name=args.model))
             return
-        for dep in deps:
-            display(dep)
+        if args.model not in Store(self._home()).model_names():
+            self._lookup(args.model, "model (a variable or a stored model name)")
+        display(api.evaluate_stored(args.model, X, y, version=args.version, home=self._home()))
+
+    def _promote(self, args: argparse.Namespace) -> None:
+        try:
+            dep = api.promote(args.name, args.version, args.alias, min_score=args.min_score,
+                              tolerance=args.tolerance, force=args.force, home=self._home())
+        except GateRefused as refused:
+            display(refused.decision)
+            print(refused.message)
+            return
+        if dep.gate is not None:
+            display(dep.gate)
+        print(f"{args.name!r}: {args.alias} -> version {args.version}")
+
+    def _rollback(self, args: argparse.Namespace) -> None:
+        dep = api.rollback(args.name, home=self._home())
+        print(f"{args.name!r}: production -> version {dep.version}")
+
+    def _list(self, args: argparse.Namespace) -> None:
+        display(api.models(home=self._home()))
 
     def _stop(self, args: argparse.Namespace) -> None:
         api.get(args.name, home=self._home()).stop()

@@ -57,3 +57,48 @@ def test_user_errors_are_one_line_usage_errors(shell, ns, line, needle):
     message = str(info.value)
     assert needle in message
     assert "\n" not in message and message.startswith("%deploy")
+
+
+@pytest.mark.server
+def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, capsys):
+    from sklearn.tree import DecisionTreeClassifier
+
+    ns["tree"] = DecisionTreeClassifier(max_depth=1)
+    ns["logreg"] = LogisticRegression(max_iter=500)
+    shell.run_line_magic("deploy", "train tree X y --name iris --stratify --cv 3 --seed 1")
+    assert hasattr(ns["tree"], "tree_")  # the fitted model is back in the namespace
+    shell.run_line_magic("deploy", "model --name iris --sample X")  # no run for `model`: not gated
+    capsys.readouterr()
+    shell.run_line_magic("deploy", "tree --name iris --sample X")  # gated on the stump's run: refused as v2
+    assert "'iris' version 2 was not promoted" in capsys.readouterr().out
+    shell.run_line_magic("deploy", "train logreg X y --name iris --stratify --seed 1")
+    shell.run_line_magic("deploy", "logreg --name iris --sample X")
+    home = str(tmp_path)
+    assert nbdeploy.get("iris", home=home).version == 3
+    shell.run_line_magic("deploy", "test iris X y")
+    shell.run_line_magic("deploy", "test logreg X y")
+    shell.run_line_magic("deploy", "rollback iris")
+    assert nbdeploy.get("iris", home=home).version == 1
+    capsys.readouterr()
+    shell.run_line_magic("deploy", "promote iris 3")
+    assert "production -> version 3" in capsys.readouterr().out
+    shell.run_line_magic("deploy", "list")
+    shell.run_line_magic("deploy", "promote iris 2")  # refused: shows the decision, raises nothing
+    assert "was not promoted" in capsys.readouterr().out
+    assert nbdeploy.get("iris", home=home).version == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("train model X y", "the following arguments are required: --name"),
+        ("train model X y --name iris --test-size 2", "test_size"),
+        ("test nosuch X y", "no variable named 'nosuch'"),
+        ("promote iris notanumber", "invalid int value"),
+        ("rollback nosuch", "no model named 'nosuch'"),
+    ],
+)
+def test_registry_subcommand_errors_are_one_line(shell, ns, line, needle):
+    with pytest.raises(UsageError) as info:
+        shell.run_line_magic("deploy", line)
+    assert needle in str(info.value) and "\n" not in str(info.value)

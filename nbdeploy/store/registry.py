@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.errors import InvalidInput, NotFound
+from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
 
 PRODUCTION = "production"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,11 +45,13 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (name, alias));
 CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
-    version INTEGER, at REAL NOT NULL);
+    version INTEGER, at REAL NOT NULL, kind TEXT NOT NULL DEFAULT 'set');
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS server (
     id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
     port INTEGER NOT NULL, started_at REAL NOT NULL, applied INTEGER NOT NULL DEFAULT -1);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, created_at REAL NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS served (
     name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
     at REAL NOT NULL, PRIMARY KEY (name, version));
@@ -70,6 +72,13 @@ class VersionRecord:
     @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
+
+    def onnx_bytes(self) -> bytes:
+        """The model file, refused unless it is the one registered (sha256)."""
+        data = self.onnx_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise NbdeployError(f"{self.onnx_path} does not match its recorded sha256; refusing to load it", 500)
+        return data
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,12 @@ class Store:
         return int(row[0])
 
     # -- versions ---------------------------------------------------------------------
-    def register(self, name: str, onnx_bytes: bytes, meta: dict[str, Any], status: str = "registered") -> int:
-        """Store a new version of ``name``; returns its number. Nothing is left behind on failure."""
+    def register(self, name: str, onnx_bytes: bytes, meta: dict[str, Any], status: str = "registered",
+                 files: dict[str, bytes] | None = None) -> int:
+        """Store a new version of ``name``; returns its number. Nothing is left behind on failure.
+
+        ``files`` are extra files kept beside the model (held-out data, the kernel-side estimator).
+        """
         check_name(name)
         sha = hashlib.sha256(onnx_bytes).hexdigest()
         model_dir = self.home / "models" / name
@@ -141,6 +154,10 @@ class Store:
                 full_meta = {**meta, "name": name, "version": version, "sha256": sha}
                 (tmp / "model.onnx").write_bytes(onnx_bytes)
                 (tmp / "model.json").write_text(json.dumps(full_meta, indent=2, default=str))
+                for filename, content in (files or {}).items():
+                    if "/" in filename or filename.startswith(".") or filename.startswith("model."):
+                        raise InvalidInput(f"cannot store an extra file named {filename!r}")
+                    (tmp / filename).write_bytes(content)
                 final = model_dir / str(version)
                 if final.exists():  # left by a crash before its row was committed
                     shutil.rmtree(final)
@@ -192,9 +209,26 @@ class Store:
         return VersionRecord(row["name"], row["version"], row["created_at"], row["sha256"], row["status"],
                              json.loads(row["meta"]), self.home / "models" / row["name"] / str(row["version"]))
 
+    # -- runs: what `train` measured, before any version exists --------------------------------
+    def add_run(self, name: str, summary: dict[str, Any]) -> int:
+        check_name(name)
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO runs (name, created_at, summary) VALUES (?,?,?)",
+                             (name, time.time(), json.dumps(summary, default=str)))
+            return int(cur.lastrowid)
+
+    def runs(self, name: str | None = None) -> list[dict[str, Any]]:
+        query, args = ("SELECT * FROM runs WHERE name = ? ORDER BY id", (name,)) if name else (
+            "SELECT * FROM runs ORDER BY id", ())
+        return [{"id": r["id"], "name": r["name"], "created_at": r["created_at"], **json.loads(r["summary"])}
+                for r in self._conn().execute(query, args)]
+
     # -- aliases and serving ------------------------------------------------------------
-    def set_alias(self, name: str, alias: str, version: int) -> int | None:
-        """Point ``alias`` at ``version``; returns the version it pointed at before."""
+    def set_alias(self, name: str, alias: str, version: int, kind: str = "set") -> int | None:
+        """Point ``alias`` at ``version``; returns the version it pointed at before.
+
+        ``kind`` is ``set`` or ``rollback``: history replays as a stack, so rollbacks undo in order.
+        """
         if not ALIAS_RE.match(alias):
             raise InvalidInput(
                 f"alias {alias!r} is not valid: use letters, digits, '-' and '_', starting with a letter"
@@ -204,8 +238,8 @@ class Store:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             db.execute("INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?)",
                        (name, alias, version, time.time()))
-            db.execute("INSERT INTO alias_history (name, alias, version, at) VALUES (?,?,?,?)",
-                       (name, alias, version, time.time()))
+            db.execute("INSERT INTO alias_history (name, alias, version, at, kind) VALUES (?,?,?,?,?)",
+                       (name, alias, version, time.time(), kind))
             self._bump(db)
         return int(row[0]) if row else None
 
@@ -218,6 +252,20 @@ class Store:
             "SELECT version FROM alias_history WHERE name = ? AND alias = ? ORDER BY id", (name, alias)
         ).fetchall()
         return [int(r[0]) for r in rows]
+
+    def previous_version(self, name: str, alias: str = PRODUCTION) -> int | None:
+        """What a rollback of ``alias`` returns to: the stack of moves, with rollbacks popped."""
+        stack: list[int] = []
+        rows = self._conn().execute(
+            "SELECT version, kind FROM alias_history WHERE name = ? AND alias = ? ORDER BY id", (name, alias)
+        ).fetchall()
+        for version, kind in rows:
+            if kind == "rollback":
+                if stack:
+                    stack.pop()
+            elif not stack or stack[-1] != version:
+                stack.append(int(version))
+        return stack[-2] if len(stack) >= 2 else None
 
     def set_serving(self, name: str, serving: bool) -> None:
         with self._tx() as db:

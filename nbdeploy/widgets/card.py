@@ -35,8 +35,13 @@ def card_html(info: dict[str, Any]) -> str:
         shown = ", ".join(f"{i['name']}: {i['datatype']}" for i in inputs[:12])
         more = f" … (+{len(inputs) - 12})" if len(inputs) > 12 else ""
         rows.append(("Inputs", html.escape(shown + more)))
-    gate = "gated on held-out data" if info.get("gated") else "not gated (no labelled held-out data)"
+    gate = "passed on held-out data" if info.get("gated") else "not gated (no labelled held-out data)"
     rows.append(("Promotion gate", gate))
+    evaluation = info.get("metrics") or {}
+    primary = evaluation.get("primary_metric")
+    score = (evaluation.get("metrics") or {}).get(primary)
+    if score is not None:
+        rows.append(("Held-out " + html.escape(primary), f"{score:.4f} on {evaluation.get('n')} rows"))
     total = (info.get("timings") or {}).get("total_s")
     if total:
         rows.append(("Deployed in", f"{total:.2f} s"))

@@ -1,0 +1,124 @@
+"""The handle on a served model name: call it, inspect it, stop it. Properties read the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nbdeploy import client
+from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
+from nbdeploy.evaluate import GateDecision
+from nbdeploy.fidelity import FidelityReport
+from nbdeploy.serve import process
+from nbdeploy.signature import Signature
+from nbdeploy.store import PRODUCTION, Store
+
+
+@dataclass
+class Deployment:
+    """A model name served from a store. Properties read the store, so a handle stays current."""
+
+    name: str
+    home: str
+    fidelity: FidelityReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    gate: GateDecision | None = None  # the promotion gate's decision, when this handle came from one
+
+    @property
+    def _store(self) -> Store:
+        return Store(self.home)
+
+    @property
+    def version(self) -> int | None:
+        """The version the endpoint serves by default (the ``production`` alias)."""
+        return self._store.aliases(self.name).get(PRODUCTION)
+
+    @property
+    def server_url(self) -> str | None:
+        record = process.running_server(self._store)
+        return record.url if record else None
+
+    @property
+    def url(self) -> str | None:
+        base = self.server_url
+        return f"{base}/v2/models/{self.name}" if base else None
+
+    @property
+    def status(self) -> str:
+        store = self._store
+        if self.name not in store.serving_models():
+            return "stopped"
+        record = process.running_server(store)
+        if record is None:
+            return "server down"
+        state = store.served().get((self.name, self.version or -1))
+        if state is None:
+            return "starting"
+        return state[0] if state[1] is None else f"failed: {state[1]}"
+
+    @property
+    def signature(self) -> Signature:
+        return Signature.from_dict(self._meta()["signature"])
+
+    def _meta(self) -> dict[str, Any]:
+        version = self.version
+        if version is None:
+            raise NotFound(f"model {self.name!r} has no production version")
+        return self._store.version(self.name, version).meta
+
+    def _infer(self, X: Any, outputs: list[str]) -> dict[str, np.ndarray]:
+        url = self.url
+        if url is None:
+            raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
+        payload = {"inputs": client.v2_inputs(self.signature, X), "outputs": [{"name": o} for o in outputs]}
+        return client.outputs_by_name(client.post_json(f"{url}/infer", payload))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint."""
+        return self._infer(X, ["label"])["label"]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes``, through the HTTP endpoint."""
+        if self._meta().get("task") != "classification":
+            raise InvalidInput(f"{self.name!r} is not a classifier: predict_proba needs class probabilities")
+        return self._infer(X, ["probabilities"])["probabilities"]
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self._meta().get("classes")
+
+    def curl(self) -> str:
+        """A copy-paste ``curl`` call of the endpoint with one example row."""
+        example = {"inputs": self._meta().get("example", [])}
+        import json
+
+        return (f"curl -s -X POST {self.url}/infer -H 'Content-Type: application/json' "
+                f"-d '{json.dumps(example)}'")
+
+    def stop(self) -> None:
+        """Stop serving this model; the server exits when it serves nothing else."""
+        store = self._store
+        store.set_serving(self.name, False)
+        if not store.serving_models():
+            process.stop_server(store)
+        elif process.running_server(store):
+            process.wait_applied(store, store.generation())
+
+    def info(self) -> dict[str, Any]:
+        meta = self._meta() if self.version is not None else {}
+        return {
+            "name": self.name, "version": self.version, "status": self.status, "url": self.url,
+            "curl": self.curl() if self.url and meta else None, "task": meta.get("task"),
+            "signature": meta.get("signature"), "fidelity": meta.get("fidelity"), "timings": self.timings,
+            "gated": meta.get("gated", False), "metrics": meta.get("metrics"),
+        }
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from nbdeploy.widgets.card import card_bundle
+
+        return card_bundle(self.info())
+
+    def __repr__(self) -> str:
+        return f"Deployment(name={self.name!r}, version={self.version}, url={self.url!r}, status={self.status!r})"
