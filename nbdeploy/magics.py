@@ -193,3 +193,42 @@ class DeployMagics(Magics):
         close = difflib.get_close_matches(name, candidates, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(f"%deploy: no variable named {name!r} for the {what}{hint}")
+
+
+def _usage(command: str, parser: argparse.ArgumentParser) -> str:
+    parts = ["%deploy"] + ([] if command == "deploy" else [command])
+    for action in parser._actions:
+        if not action.option_strings:
+            parts.append(action.dest.upper())
+    for action in parser._actions:
+        if action.option_strings:
+            flag = action.option_strings[0]
+            if action.nargs == 0:
+                text = flag
+            else:
+                metavar = action.metavar or action.dest.upper()
+                text = f"{flag} {metavar}" + (f" [{metavar}]" if action.nargs == "+" else "")
+            parts.append(text if action.required else f"[{text}]")
+    return " ".join(parts)
+
+
+def reference_markdown() -> str:
+    """The ``%deploy`` reference for docs/magics.md, rendered from the parsers themselves."""
+    lines = ["# `%deploy` reference", "",
+             "Generated from the magic's own parsers: `python -m nbdeploy.magics > docs/magics.md`.", "",
+             "Load the extension with `%load_ext nbdeploy`. Options can be set once per session with",
+             "`%config DeployMagics.port = 9000` and `%config DeployMagics.home = '/path/to/store'`.", ""]
+    for command, parser in build_parsers().items():
+        lines += [f"## `{command}`", "", parser.description or "", "", "```", _usage(command, parser), "```", ""]
+        rows = []
+        for action in parser._actions:
+            name = ", ".join(action.option_strings) or action.dest.upper()
+            default = "" if action.default in (None, False) or action.required else f" (default: {action.default})"
+            rows.append(f"| `{name}` | {action.help or ''}{default} |")
+        if rows:
+            lines += ["| argument | meaning |", "|---|---|", *rows, ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -1,0 +1,19 @@
+"""Docs that are generated from the code must match it."""
+
+from pathlib import Path
+
+from nbdeploy.magics import reference_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_magic_reference_matches_the_parsers():
+    assert (ROOT / "docs" / "magics.md").read_text() == reference_markdown(), (
+        "docs/magics.md is stale: run `python -m nbdeploy.magics > docs/magics.md`"
+    )
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("python3 -m venv")]
+    assert lines[0].endswith("-m nbdeploy.demo") and lines[1].endswith("-m pytest")
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(lines[1])
