@@ -19,7 +19,9 @@ _LAZY = {
     "deploy": "nbdeploy.api",
     "deployments": "nbdeploy.api",
     "evaluate": "nbdeploy.evaluate",
+    "export": "nbdeploy.exporters",
     "get": "nbdeploy.api",
+    "load": "nbdeploy.library",
     "models": "nbdeploy.api",
     "promote": "nbdeploy.api",
     "rollback": "nbdeploy.api",
@@ -35,7 +37,9 @@ __all__ = [
     "deploy",
     "deployments",
     "evaluate",
+    "export",
     "get",
+    "load",
     "load_ipython_extension",
     "models",
     "promote",
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
     from nbdeploy.deployment import Deployment
     from nbdeploy.errors import NbdeployError
     from nbdeploy.evaluate import evaluate
+    from nbdeploy.exporters import export
+    from nbdeploy.library import load
     from nbdeploy.promotion import GateRefused
 
 

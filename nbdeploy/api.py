@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import client
-from nbdeploy.convert import Converted, task_of, to_onnx
+from nbdeploy.convert import Converted
 from nbdeploy.deployment import Deployment
 from nbdeploy.errors import ConversionError, InvalidInput, NbdeployError
 from nbdeploy.evaluate import EvaluationResult, TrainResult, evaluate
 from nbdeploy.evaluate import train as _train
-from nbdeploy.fidelity import FidelityReport, check
+from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
 from nbdeploy.monitor import reference_profile
 from nbdeploy.predictor import OnnxPredictor
 from nbdeploy.promotion import HOLDOUT_FILE, GateRefused, holdout_bytes, judge
@@ -26,7 +26,6 @@ from nbdeploy.promotion import evaluate_stored as evaluate_version
 from nbdeploy.promotion import promote as _promote
 from nbdeploy.promotion import rollback as _rollback
 from nbdeploy.serve import process
-from nbdeploy.signature import from_sample
 from nbdeploy.store import PRODUCTION, Store, check_name
 from nbdeploy.widgets.registry import RegistryTable
 
@@ -36,7 +35,8 @@ _RUNS: weakref.WeakKeyDictionary[Any, tuple[int, TrainResult]] = weakref.WeakKey
 
 def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | None = None,
            port: int | None = None, force: bool = False, min_score: float | None = None,
-           tolerance: float = 0.0) -> Deployment:
+           tolerance: float = 0.0, min_agreement: float = MIN_AGREEMENT,
+           max_diff: float = MAX_DIFF) -> Deployment:
     """Convert ``model`` to ONNX, check it, store it as a new version, and serve it.
 
     ``sample`` fixes the input schema. ``test`` is held-out data: ``(X, y)`` judges the new
@@ -52,7 +52,8 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
     run = _RUNS.get(model)
     holdout = _holdout(test, run)
     X_check = holdout[0] if holdout else (test if test is not None else sample)
-    converted, fidelity = convert_checked(model, sample, X_check)
+    converted, fidelity = convert_checked(model, sample, X_check, min_agreement=min_agreement,
+                                          max_diff=max_diff, force=force)
     if not fidelity.passed and not force:
         raise ConversionError(
             f"the ONNX model does not predict what the scikit-learn model predicts: {fidelity.summary()}; "
@@ -107,29 +108,14 @@ def _holdout(test: Any, run: tuple[int, TrainResult] | None) -> tuple[Any, Any] 
     return None
 
 
-def convert_checked(model: Any, sample: Any, X_check: Any) -> tuple[Converted, FidelityReport]:
-    """Convert in single precision; fall back to double when only double is faithful."""
-    import onnxruntime as ort
+def convert_checked(model: Any, sample: Any, X_check: Any, *, min_agreement: float = MIN_AGREEMENT,
+                    max_diff: float = MAX_DIFF, force: bool = False) -> tuple[Converted, FidelityReport]:
+    """Convert in single precision; use double when only double passes the fidelity gate.
 
-    task = task_of(model)
-    signature = from_sample(sample)
-    first: tuple[Converted, FidelityReport] | None = None
-    for precision in ("FP32", "FP64"):
-        try:
-            converted = to_onnx(model, signature.with_float_type(precision))
-        except ConversionError:
-            if first is None and precision == "FP32":
-                raise
-            break
-        session = ort.InferenceSession(converted.onnx_bytes, providers=["CPUExecutionProvider"])
-        report = check(model, session, converted.signature, task, X_check, precision)
-        if report.passed:
-            return converted, report
-        first = first or (converted, report)
-        if not any(s.datatype in {"FP32", "FP64"} for s in signature.inputs):
-            break
-    assert first is not None
-    return first
+    Raises :class:`ConversionError` naming the failing step, or showing the worst rows when no
+    conversion passes the gate (unless ``force``); nothing is stored either way.
+    """
+    return gated_conversion(model, sample, X_check, min_agreement=min_agreement, max_diff=max_diff, force=force)
 
 
 def version_meta(converted: Converted, fidelity: FidelityReport, sample: Any) -> dict[str, Any]:
@@ -146,6 +132,7 @@ def version_meta(converted: Converted, fidelity: FidelityReport, sample: Any) ->
         "signature": converted.signature.to_dict(),
         "example": client.v2_inputs(converted.signature, head),
         "fidelity": fidelity.to_dict(),
+        "precision": converted.precision,
         "convert_seconds": converted.seconds,
         "onnx_bytes": len(converted.onnx_bytes),
         "created_by": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,

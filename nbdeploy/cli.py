@@ -4,43 +4,94 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from pathlib import Path
 
 from nbdeploy.errors import NbdeployError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbdeploy", description="Serve and manage nbdeploy models.")
     parser.add_argument("--home", help="store directory (default: $NBDEPLOY_HOME or ./.nbdeploy)")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the V2 inference server for a store (foreground)")
-    serve.add_argument("--home", dest="serve_home", help="store directory")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve = sub.add_parser("serve", help="run the inference server for a store (foreground)")
+    serve.add_argument("--home", dest="sub_home", help="store directory")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; any other address requires the token)")
     serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="another Host header name to accept (repeatable)")
+    serve.add_argument("--batching", choices=["auto", "on", "off"], help="adaptive batching (default auto)")
+    serve.add_argument("--max-batch-rows", type=int, help="most rows per batched ONNX call (default 64)")
+    serve.add_argument("--max-batch-wait-ms", type=float, help="longest a batch waits for more rows (default 1)")
+    serve.add_argument("--max-queue-rows", type=int, help="rows queued per version before 503 (default 4096)")
+    serve.add_argument("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    sub.add_parser("list", help="models served from the store")
-    stop = sub.add_parser("stop", help="stop serving a model")
+    for name, text in (("list", "models served from the store"), ("shutdown", "stop the store's server process")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--home", dest="sub_home", help="store directory")
+    stop = sub.add_parser("stop", help="stop serving a model (the server exits when it serves nothing)")
     stop.add_argument("name")
-    sub.add_parser("shutdown", help="stop the store's server process")
-    args = parser.parse_args(argv)
-    home = getattr(args, "serve_home", None) or args.home
+    stop.add_argument("--home", dest="sub_home", help="store directory")
+    logs = sub.add_parser("logs", help="the server's log lines about a model")
+    logs.add_argument("name")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many of the last lines (default 50)")
+    logs.add_argument("--home", dest="sub_home", help="store directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    home = getattr(args, "sub_home", None) or args.home
     try:
         if args.command == "serve":
-            from nbdeploy.serve.main import run
-
-            run(home, args.host, args.port, args.log_level)
-            return 0
+            return _serve(args, home)
+        if args.command == "logs":
+            return _logs(args.name, home, args.lines)
         from nbdeploy import api
 
         if args.command == "list":
-            for dep in api.deployments(home):
-                print(f"{dep.name}\tv{dep.version}\t{dep.status}\t{dep.url}")
+            deployments = api.deployments(home)
+            if not deployments:
+                print("no model is served from this store")
+            for dep in deployments:
+                print(f"{dep.name}\tv{dep.version}\t{dep.status}\t{dep.url or '-'}")
         elif args.command == "stop":
             api.get(args.name, home).stop()
+            print(f"stopped serving {args.name}")
         elif args.command == "shutdown":
             print("server stopped" if api.shutdown(home) else "no server was running")
     except NbdeployError as exc:
         print(f"nbdeploy: {exc.message}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace, home: str | None) -> int:
+    from nbdeploy.serve.config import ServeConfig
+    from nbdeploy.serve.main import run
+
+    config = ServeConfig.from_env(batching=args.batching, max_batch_rows=args.max_batch_rows,
+                                  max_batch_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,
+                                  max_body_bytes=args.max_body_bytes)
+    run(home, args.host, args.port, args.log_level, config=config, allow_hosts=tuple(args.allow_host))
+    return 0
+
+
+def _logs(name: str, home: str | None, lines: int) -> int:
+    from nbdeploy.store import Store
+
+    store = Store(home)
+    store.require_model(name)
+    path = Path(store.home) / "server.log"
+    if not path.exists():
+        print(f"no server log yet in {path}")
+        return 0
+    needles = (f" {name} ", f"'{name}'", f"{name}:")
+    with open(path, errors="replace") as fh:
+        kept = deque((line.rstrip("\n") for line in fh if any(n in line for n in needles)), maxlen=lines)
+    for line in kept:
+        print(line)
     return 0
 
 

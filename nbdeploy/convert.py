@@ -2,23 +2,27 @@
 
 Every converted model has the inputs of its :class:`~nbdeploy.signature.Signature` and the
 outputs ``label`` (class labels, cluster ids or predicted values, shape ``[n]``) and, for
-classifiers, ``probabilities`` (``[n, n_classes]``; no ZipMap).
+classifiers that have ``predict_proba``, ``probabilities`` (``[n, n_classes]``; no ZipMap).
+
+``precision`` picks the float type the graph computes in: ``FP32`` (smaller, what most runtimes
+expect) or ``FP64`` (what scikit-learn computes in; see :mod:`nbdeploy.precision`).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nbdeploy import graph, steps
 from nbdeploy.errors import ConversionError
+from nbdeploy.graph import LABEL, PROBABILITIES
 from nbdeploy.signature import Signature
 
-LABEL = "label"
-PROBABILITIES = "probabilities"
-_FRONT = "nbdeploy_features"
+__all__ = ["LABEL", "PROBABILITIES", "Converted", "task_of", "to_onnx"]
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Converted:
     classes: list[Any] | None
     outputs: list[str]
     seconds: float
+    precision: str = "FP32"
 
 
 def task_of(model: Any) -> str:
@@ -40,180 +45,125 @@ def task_of(model: Any) -> str:
         return "classification"
     if is_regressor(model):
         return "regression"
-    final = model.steps[-1][1] if hasattr(model, "steps") else model
-    if isinstance(final, ClusterMixin):
+    if isinstance(steps.final_step(model), ClusterMixin) and hasattr(model, "predict"):
         return "clustering"
     raise ConversionError(
-        f"{type(model).__name__} is not a classifier, regressor or clusterer; "
+        f"{type(model).__name__} is not a classifier, regressor or clusterer with predict(); "
         "nbdeploy deploys fitted scikit-learn predictors"
     )
 
 
-def to_onnx(model: Any, signature: Signature) -> Converted:
-    """Convert a fitted estimator; the graph takes ``signature``'s inputs."""
+def has_probabilities(model: Any) -> bool:
+    return task_of(model) == "classification" and hasattr(model, "predict_proba")
+
+
+def to_onnx(model: Any, signature: Signature, precision: str = "FP32") -> Converted:
+    """Convert a fitted estimator; the graph takes ``signature``'s inputs and computes in ``precision``."""
     started = time.perf_counter()
     task = task_of(model)
-    if signature.frame and not _starts_with_column_transformer(model):
-        numeric = {"FP16", "FP32", "FP64", "INT64", "BOOL"}
-        text = [s.name for s in signature.inputs if s.datatype not in numeric]
+    check_supported(model)
+    signature = signature.with_float_type(precision)
+    if signature.frame and not starts_with_column_transformer(model):
+        text = [s.name for s in signature.inputs if s.datatype == "BYTES"]
         if text:
             raise ConversionError(
                 f"column {text[0]!r} holds text but the model does not start with a ColumnTransformer; "
                 "put the encoders in a ColumnTransformer (Pipeline([('prep', ColumnTransformer(...)), ...])) "
                 "so the deployed model encodes text itself"
             )
-        graph = _convert(model, _one_tensor_types(signature))
-        graph = _prepend_concat(graph, signature)
+        proto = _convert(model, [(graph.FRONT, _tensor_type(precision, [None, len(signature.inputs)]))], precision)
+        names = graph.prepend_concat(proto, signature)
     else:
-        graph = _convert(model, _initial_types(signature))
-    onnx_names = [i.name for i in graph.graph.input]
-    graph = _canonical_outputs(graph, task)
-    signature = signature.with_onnx_names(onnx_names)
+        # Column inputs go in under the user's names (ColumnTransformer selects by them) and the
+        # types the converters handle best: numbers (int, bool too) as floats, text as strings.
+        inner = [(s.name, _tensor_type("BYTES" if s.datatype == "BYTES" else precision, [None, *s.shape[1:]]))
+                 for s in signature.inputs]
+        proto = _convert(model, inner, precision)
+        names = graph.typed_inputs(proto, signature)
+    graph.canonical_outputs(proto, has_probabilities(model))
+    _check_graph(proto)
     classes = _classes(model) if task == "classification" else None
-    outputs = [LABEL, PROBABILITIES] if task == "classification" else [LABEL]
-    return Converted(graph.SerializeToString(), signature, task, classes, outputs,
-                     time.perf_counter() - started)
+    outputs = [LABEL, PROBABILITIES] if has_probabilities(model) else [LABEL]
+    return Converted(proto.SerializeToString(), signature.with_onnx_names(names), task, classes, outputs,
+                     time.perf_counter() - started, precision)
 
 
-def _starts_with_column_transformer(model: Any) -> bool:
+def check_supported(model: Any) -> None:
+    """Fail before converting when a step has no ONNX equivalent, naming it and what to do."""
+    found = steps.unsupported(model)
+    if found:
+        path, est, advice = found
+        raise ConversionError(f"cannot convert {steps.describe(path, est)} to ONNX: {advice}")
+
+
+def starts_with_column_transformer(model: Any) -> bool:
     from sklearn.compose import ColumnTransformer
 
     first = model.steps[0][1] if hasattr(model, "steps") else model
     if hasattr(first, "steps"):
-        return _starts_with_column_transformer(first)
+        return starts_with_column_transformer(first)
     return isinstance(first, ColumnTransformer)
 
 
 def _tensor_type(datatype: str, shape: list[int | None]) -> Any:
     from skl2onnx.common import data_types as t
 
-    types = {
-        "FP32": t.FloatTensorType,
-        "FP64": t.DoubleTensorType,
-        "INT64": t.Int64TensorType,
-        "BOOL": t.BooleanTensorType,
-        "BYTES": t.StringTensorType,
-    }
+    types = {"FP32": t.FloatTensorType, "FP64": t.DoubleTensorType, "INT64": t.Int64TensorType,
+             "BOOL": t.BooleanTensorType, "BYTES": t.StringTensorType}
     return types[datatype](shape)
 
 
-def _initial_types(signature: Signature) -> list[tuple[str, Any]]:
-    return [(s.name if signature.frame else s.onnx_name,
-             _tensor_type(s.datatype, [None, *s.shape[1:]])) for s in signature.inputs]
-
-
-def _one_tensor_types(signature: Signature) -> list[tuple[str, Any]]:
-    float_type = next((s.datatype for s in signature.inputs if s.datatype in {"FP32", "FP64"}), "FP32")
-    return [(_FRONT, _tensor_type(float_type, [None, len(signature.inputs)]))]
-
-
-def _classifier_options(model: Any) -> dict[int, dict[str, Any]]:
-    """``zipmap: False`` for every classifier inside the model, so probabilities are a tensor."""
-    from sklearn.base import is_classifier
-
-    found: dict[int, dict[str, Any]] = {}
-    seen: set[int] = set()
-
-    def walk(obj: Any) -> None:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if is_classifier(obj):
-            found[id(obj)] = {"zipmap": False}
-        if hasattr(obj, "get_params"):
-            for value in obj.get_params(deep=False).values():
-                if isinstance(value, (list, tuple)):
-                    for item in value:
-                        walk(item[1] if isinstance(item, tuple) and len(item) > 1 else item)
-                elif hasattr(value, "get_params"):
-                    walk(value)
-        for fitted in ("estimator_", "estimators_", "calibrated_classifiers_", "named_steps"):
-            value = getattr(obj, fitted, None)
-            if isinstance(value, (list, tuple)):
-                for item in value:
-                    walk(item)
-            elif value is not None and hasattr(value, "get_params"):
-                walk(value)
-
-    walk(model)
-    return found
-
-
-def _convert(model: Any, initial_types: list[tuple[str, Any]]) -> Any:
+def _convert(model: Any, initial_types: list[tuple[str, Any]], precision: str) -> Any:
     from skl2onnx import convert_sklearn
 
+    from nbdeploy.converters import custom_converters
+    from nbdeploy.precision import cast_float_kernels
+
+    converters, shapes = custom_converters(precision)
     try:
-        return convert_sklearn(model, initial_types=initial_types, options=_classifier_options(model))
+        with warnings.catch_warnings():
+            # skl2onnx warns about opsets and ZipMap internals that do not concern the user
+            warnings.simplefilter("ignore")
+            proto = convert_sklearn(model, initial_types=initial_types, options=steps.classifier_options(model),
+                                    target_opset=target_opset(), custom_conversion_functions=converters,
+                                    custom_shape_calculators=shapes)
     except Exception as exc:  # skl2onnx raises many types; all mean "cannot convert this model"
-        raise ConversionError(_explain(model, exc)) from exc
+        raise ConversionError(explain(model, exc, precision)) from exc
+    if precision == "FP64":
+        cast_float_kernels(proto)
+    graph.portable_locale(proto)
+    return proto
 
 
-def _explain(model: Any, exc: Exception) -> str:
-    where = unsupported_step(model)
+def target_opset() -> dict[str, int]:
+    """The opsets converted graphs use: skl2onnx's latest tested, and ``ai.onnx.ml`` 3, which
+    onnxmltools' boosters need and whose tree ops take double thresholds."""
+    from skl2onnx import get_latest_tested_opset_version
+
+    return {"": get_latest_tested_opset_version(), "ai.onnx.ml": 3}
+
+
+def explain(model: Any, exc: BaseException, precision: str = "FP32") -> str:
+    """A conversion failure as the user can act on it: which step, what skl2onnx said, what to do."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if where:
-        return (f"cannot convert {where} to ONNX ({detail[:200]}); replace it with a built-in "
-                "scikit-learn step or register a skl2onnx converter for it")
-    return f"cannot convert {type(model).__name__} to ONNX: {detail[:300]}"
+    detail = detail[:240]
+    where = steps.failing_step(model, exc)
+    mode = " in double precision" if precision == "FP64" else ""
+    if where is not None:
+        return (f"cannot convert {steps.describe(*where)} to ONNX{mode} ({detail}); replace that step with one "
+                "from the supported list (docs/supported-models.md) or change the option skl2onnx names")
+    return (f"cannot convert {type(model).__name__} to ONNX{mode}: {detail}. Check the model against "
+            "docs/supported-models.md, or simplify the pipeline to find the step that fails")
 
 
-def _prepend_concat(graph: Any, signature: Signature) -> Any:
-    """Give a bare estimator one ``[-1, 1]`` input per column, concatenated in front of it."""
-    from onnx import TensorProto, helper
+def _check_graph(proto: Any) -> None:
+    import onnx
 
-    front = graph.graph.input[0]
-    elem = front.type.tensor_type.elem_type
-    nodes, names = [], []
-    for spec in signature.inputs:
-        proto = {"FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE, "INT64": TensorProto.INT64,
-                 "BOOL": TensorProto.BOOL, "FP16": TensorProto.FLOAT16}[spec.datatype]
-        name = spec.onnx_name
-        if proto != elem:
-            nodes.append(helper.make_node("Cast", [name], [f"{name}_cast"], to=elem, name=f"cast_{name}"))
-            names.append(f"{name}_cast")
-        else:
-            names.append(name)
-        graph.graph.input.append(helper.make_tensor_value_info(name, proto, [None, 1]))
-    nodes.append(helper.make_node("Concat", names, [_FRONT], axis=1, name="nbdeploy_concat"))
-    graph.graph.input.remove(front)
-    for node in reversed(nodes):
-        graph.graph.node.insert(0, node)
-    return graph
-
-
-def _canonical_outputs(graph: Any, task: str) -> Any:
-    """Rename outputs to ``label`` / ``probabilities``, with ``label`` always 1-D."""
-    from onnx import helper, numpy_helper
-
-    outs = list(graph.graph.output)
-    for i, out in enumerate(outs):  # free the canonical names for our own outputs
-        _rename(graph, out.name, f"nbdeploy_raw_{i}")
-        out.name = f"nbdeploy_raw_{i}"
-    first = outs[0]
-    elem = first.type.tensor_type.elem_type
-    shape_name = "nbdeploy_flat_shape"
-    graph.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape_name))
-    graph.graph.node.append(helper.make_node("Reshape", [first.name, shape_name], [LABEL], name="nbdeploy_label"))
-    new_outputs = [helper.make_tensor_value_info(LABEL, elem, [None])]
-    if task == "classification":
-        if len(outs) < 2:
-            raise ConversionError("the converted classifier has no probability output")
-        proba = outs[1]
-        graph.graph.node.append(helper.make_node("Identity", [proba.name], [PROBABILITIES], name="nbdeploy_proba"))
-        dims = [d.dim_value or None for d in proba.type.tensor_type.shape.dim]
-        new_outputs.append(helper.make_tensor_value_info(PROBABILITIES, proba.type.tensor_type.elem_type,
-                                                         [None, *dims[1:]]))
-    del graph.graph.output[:]
-    graph.graph.output.extend(new_outputs)
-    return graph
-
-
-def _rename(graph: Any, old: str, new: str) -> None:
-    for node in graph.graph.node:
-        for seq in (node.input, node.output):
-            for i, name in enumerate(seq):
-                if name == old:
-                    seq[i] = new
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:  # our graph edits broke it: a bug, not a user error
+        raise ConversionError(f"nbdeploy built an invalid ONNX graph ({str(exc)[:200]}); please report it", 500) \
+            from exc
 
 
 def _classes(model: Any) -> list[Any]:
@@ -221,25 +171,3 @@ def _classes(model: Any) -> list[Any]:
     if classes is None:
         return []
     return [c.item() if hasattr(c, "item") else c for c in np.asarray(classes)]
-
-
-def unsupported_step(model: Any, path: tuple[str, ...] = ()) -> str | None:
-    """Where in a pipeline the first step without an ONNX converter sits, for error messages."""
-    from skl2onnx._supported_operators import sklearn_operator_name_map
-
-    children: list[tuple[str, Any]] = []
-    if hasattr(model, "steps"):
-        children = list(model.steps)
-    elif hasattr(model, "transformer_list"):
-        children = list(model.transformer_list)
-    elif hasattr(model, "transformers_"):
-        children = [(n, t) for n, t, _ in model.transformers_ if not isinstance(t, str)]
-    for name, child in children:
-        found = unsupported_step(child, (*path, name))
-        if found:
-            return found
-    if not children and type(model) not in sklearn_operator_name_map:
-        if not path:
-            return f"{type(model).__name__}"
-        return "pipeline step " + " -> ".join(repr(p) for p in path) + f" ({type(model).__name__})"
-    return None

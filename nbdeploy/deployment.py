@@ -107,10 +107,22 @@ class Deployment:
             process.wait_applied(store, store.generation())
 
     def info(self) -> dict[str, Any]:
+        from nbdeploy.urls import public_url
+
         meta = self._meta() if self.version is not None else {}
+        url = self.url
+        curl = self.curl() if url and meta else None
+        # On a remote Jupyter the browser reaches the endpoint through jupyter-server-proxy only.
+        browser = public_url(url) if url else None
+        browser = browser if browser != url else None
+        browser_curl = None
+        if browser and curl and url:
+            origin = "" if browser.startswith("http") else "https://YOUR-JUPYTER-HOST"
+            browser_curl = (curl.replace(url, origin + browser, 1)
+                            + " -H 'Authorization: token YOUR-JUPYTER-TOKEN'")
         return {
-            "name": self.name, "version": self.version, "status": self.status, "url": self.url,
-            "curl": self.curl() if self.url and meta else None, "task": meta.get("task"),
+            "name": self.name, "version": self.version, "status": self.status, "url": url,
+            "browser_url": browser, "curl": curl, "browser_curl": browser_curl, "task": meta.get("task"),
             "signature": meta.get("signature"), "fidelity": meta.get("fidelity"), "timings": self.timings,
             "gated": meta.get("gated", False), "metrics": meta.get("metrics"),
         }

@@ -77,6 +77,13 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     parsers["stop"] = p
     p = _Parser(prog="shutdown", add_help=False, description="Stop the store's server process.")
     parsers["shutdown"] = p
+    p = _Parser(prog="export", add_help=False,
+                description="Write a stored version for another platform, with a README of the commands.")
+    p.add_argument("name", help="model name")
+    p.add_argument("directory", help="new or empty directory to write")
+    p.add_argument("--to", required=True, metavar="FORMAT", help="bundle, docker, triton or kserve")
+    p.add_argument("--version", help="version number or alias to export (default: production)")
+    parsers["export"] = p
     return parsers
 
 
@@ -86,7 +93,7 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="how much worse than production the candidate may score (default 0)")
 
 
-SUBCOMMANDS = ("train", "test", "promote", "rollback", "list", "stop", "shutdown")
+SUBCOMMANDS = ("train", "test", "promote", "rollback", "list", "stop", "shutdown", "export")
 
 
 @magics_class
@@ -103,7 +110,8 @@ class DeployMagics(Magics):
 
     @line_magic
     def deploy(self, line: str) -> Any:
-        """%deploy MODEL --name NAME --sample X [--test X y] | train | test | promote | rollback | list | stop"""
+        """%deploy MODEL --name NAME --sample X [--test X y] | train | test | promote | rollback | list | stop
+        | export"""
         try:
             tokens = shlex.split(line)
         except ValueError as exc:
@@ -180,6 +188,12 @@ class DeployMagics(Magics):
 
     def _shutdown(self, args: argparse.Namespace) -> None:
         print("server stopped" if api.shutdown(home=self._home()) else "no server was running")
+
+    def _export(self, args: argparse.Namespace) -> None:
+        from nbdeploy.exporters import export
+
+        path = export(args.name, args.to, args.directory, version=args.version, home=self._home())
+        print(f"exported {args.name!r} ({args.to}) to {path}: see {path / 'README.md'}")
 
     # -- helpers -------------------------------------------------------------------------
     def _home(self) -> str | None:

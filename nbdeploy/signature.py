@@ -3,13 +3,18 @@
 A DataFrame sample becomes one named input per column, declared with shape ``[-1, 1]``; a 2-D
 array becomes one input ``input`` of shape ``[-1, n_features]``. The same schema validates
 requests in the server and encodes requests in the kernel, so both sides agree by construction.
+
+Missing values: numbers travel as NaN (JSON ``null``). Strings have no missing value in JSON or the
+V2 binary format, so a missing string is sent as :data:`MISSING_STRING`, and the converted graph
+treats that string the way scikit-learn treats ``NaN``/``None`` in the column (see
+:mod:`nbdeploy.converters`); a ``null`` in a text column is read as the same sentinel.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +22,7 @@ import numpy as np
 from nbdeploy.errors import InvalidInput
 
 FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+MISSING_STRING = "__nbdeploy_missing__"  # a missing value in a text (BYTES) input
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 NUMPY_OF = {
     "BOOL": np.dtype(bool),
@@ -45,11 +51,17 @@ class InputSpec:
     shape: tuple[int, ...]  # -1 is the batch dimension
     logical: str = "numeric"  # numeric | integer | bool | string: what the sample held
     categories: tuple[str, ...] | None = None  # for pandas `category` columns
+    has_missing: bool = False  # the sample had missing values in this column
 
     @property
     def nullable(self) -> bool:
-        """Missing values (JSON null) are accepted only where NaN can be represented."""
-        return self.datatype in FLOAT_TYPES
+        """Missing values are accepted where NaN (floats) or the sentinel (text) can represent them."""
+        return self.datatype in FLOAT_TYPES or self.datatype == "BYTES"
+
+    @property
+    def missing(self) -> str | None:
+        """What a client sends for a missing value: ``null`` (floats), the sentinel string (text)."""
+        return MISSING_STRING if self.datatype == "BYTES" else ("null" if self.nullable else None)
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,8 @@ class Signature:
         return {
             "frame": self.frame,
             "inputs": [
-                {**asdict(s), "shape": list(s.shape), "categories": list(s.categories) if s.categories else None}
+                {**asdict(s), "shape": list(s.shape), "categories": list(s.categories) if s.categories else None,
+                 "missing": s.missing}
                 for s in self.inputs
             ],
         }
@@ -82,6 +95,7 @@ class Signature:
                 shape=tuple(i["shape"]),
                 logical=i.get("logical", "numeric"),
                 categories=tuple(i["categories"]) if i.get("categories") else None,
+                has_missing=bool(i.get("has_missing", False)),
             )
             for i in data["inputs"]
         )
@@ -89,18 +103,11 @@ class Signature:
 
     def with_float_type(self, datatype: str) -> Signature:
         """The same schema with every floating-point input declared as ``datatype``."""
-        specs = tuple(
-            InputSpec(s.name, s.onnx_name, datatype if s.datatype in FLOAT_TYPES else s.datatype,
-                      s.shape, s.logical, s.categories)
-            for s in self.inputs
-        )
+        specs = tuple(replace(s, datatype=datatype) if s.datatype in FLOAT_TYPES else s for s in self.inputs)
         return Signature(specs, self.frame)
 
     def with_onnx_names(self, onnx_names: list[str]) -> Signature:
-        specs = tuple(
-            InputSpec(s.name, o, s.datatype, s.shape, s.logical, s.categories)
-            for s, o in zip(self.inputs, onnx_names, strict=True)
-        )
+        specs = tuple(replace(s, onnx_name=o) for s, o in zip(self.inputs, onnx_names, strict=True))
         return Signature(specs, self.frame)
 
     # -- validation: one request's tensors, by the user's input names -> ONNX feeds ---------
@@ -184,15 +191,18 @@ def onnx_safe_name(name: str) -> str:
 
 
 def column_values(col: Any, spec: InputSpec) -> np.ndarray:
-    """A pandas column as a 1-D array of the logical type: floats with NaN, ints, bools or str."""
+    """A pandas column as a 1-D array of the logical type: floats with NaN, ints, bools or str.
+
+    Missing strings become :data:`MISSING_STRING`; a bool column with missing values becomes floats.
+    """
     import pandas as pd
 
     if spec.logical == "string":
         values = col.astype(object).to_numpy()
-        return np.array([None if _is_missing(v) else str(v) for v in values], dtype=object)
+        return np.array([MISSING_STRING if _is_missing(v) else str(v) for v in values], dtype=object)
     if spec.logical == "bool":
         if col.isna().any():
-            return col.astype("float64").to_numpy()
+            return col.astype(object).map(lambda v: np.nan if _is_missing(v) else float(v)).to_numpy(np.float64)
         return col.astype(bool).to_numpy()
     if spec.logical == "integer" and not col.isna().any():
         return col.astype("int64").to_numpy()
@@ -204,25 +214,26 @@ def _column_spec(name: str, col: Any, float_type: str) -> InputSpec:
 
     dtype = col.dtype
     onnx_name = onnx_safe_name(name)
+    missing = bool(col.isna().any())
+    nullable = not isinstance(dtype, np.dtype)  # pandas extension dtypes (Int64, boolean) hold NA
     if isinstance(dtype, pd.CategoricalDtype):
         cats = tuple(str(c) for c in dtype.categories)
-        return InputSpec(name, onnx_name, "BYTES", (-1, 1), "string", cats)
+        return InputSpec(name, onnx_name, "BYTES", (-1, 1), "string", cats, missing)
     if pd.api.types.is_bool_dtype(dtype):
-        return InputSpec(name, onnx_name, "BOOL", (-1, 1), "bool")
+        # A nullable boolean column needs NaN, hence float (scikit-learn sees 0.0/1.0/NaN).
+        return InputSpec(name, onnx_name, float_type if nullable else "BOOL", (-1, 1), "bool", None, missing)
     if pd.api.types.is_integer_dtype(dtype):
-        # Nullable integer columns (Int64 with NA) need NaN, hence float.
-        if col.isna().any():
-            return InputSpec(name, onnx_name, float_type, (-1, 1), "numeric")
-        return InputSpec(name, onnx_name, "INT64", (-1, 1), "integer")
+        # Nullable integer columns (Int64) may hold NA, hence float.
+        return InputSpec(name, onnx_name, float_type if nullable else "INT64", (-1, 1), "integer", None, missing)
     if pd.api.types.is_float_dtype(dtype):
-        return InputSpec(name, onnx_name, float_type, (-1, 1), "numeric")
-    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+        return InputSpec(name, onnx_name, float_type, (-1, 1), "numeric", None, missing)
+    if pd.api.types.is_string_dtype(dtype) or dtype.kind == "O":
         non_null = col.dropna()
         if len(non_null) and all(isinstance(v, (bool, np.bool_)) for v in non_null):
-            return InputSpec(name, onnx_name, "BOOL", (-1, 1), "bool")
-        return InputSpec(name, onnx_name, "BYTES", (-1, 1), "string")
+            return InputSpec(name, onnx_name, float_type if missing else "BOOL", (-1, 1), "bool", None, missing)
+        return InputSpec(name, onnx_name, "BYTES", (-1, 1), "string", None, missing)
     raise InvalidInput(f"column {name!r} has dtype {dtype}, which nbdeploy cannot serve; "
-                       "expected numbers, booleans, strings or categories")
+                       "convert it to numbers, booleans, strings or categories before fitting and deploying")
 
 
 def _coerce(spec: InputSpec, arr: np.ndarray) -> np.ndarray:
@@ -239,16 +250,16 @@ def _coerce(spec: InputSpec, arr: np.ndarray) -> np.ndarray:
     if spec.datatype == "BYTES":
         if kind not in "OUS":
             raise InvalidInput(f"input {spec.name!r}: expected BYTES (strings), got {_v2_name(arr.dtype)}")
-        out = arr.astype(object)
-        for v in out.flat:
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                raise InvalidInput(f"input {spec.name!r}: missing values are not accepted for a text column")
-        return np.vectorize(_as_str, otypes=[object])(out) if kind != "U" else out
+        if kind == "U":
+            return arr.astype(object)
+        return np.vectorize(_as_str, otypes=[object])(arr.astype(object))
     if kind in "OUS":
         raise InvalidInput(f"input {spec.name!r}: expected {spec.datatype} numbers, got strings")
     if spec.datatype == "BOOL":
         if kind != "b":
-            raise InvalidInput(f"input {spec.name!r}: expected BOOL, got {_v2_name(arr.dtype)}")
+            hint = (" (missing values are not accepted here: the sample had none in this column; "
+                    "deploy with a sample that has them)") if kind == "f" and np.isnan(arr).any() else ""
+            raise InvalidInput(f"input {spec.name!r}: expected BOOL, got {_v2_name(arr.dtype)}{hint}")
         return arr
     if spec.datatype in FLOAT_TYPES:
         if kind not in "fiub":
@@ -266,7 +277,9 @@ def _coerce(spec: InputSpec, arr: np.ndarray) -> np.ndarray:
 
 
 def _as_str(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return MISSING_STRING if _is_missing(v) else str(v)
 
 
 def _v2_name(dtype: np.dtype) -> str:

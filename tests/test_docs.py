@@ -17,3 +17,12 @@ def test_readme_starts_with_the_two_commands():
     lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("python3 -m venv")]
     assert lines[0].endswith("-m nbdeploy.demo") and lines[1].endswith("-m pytest")
     assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(lines[1])
+
+
+def test_committed_notebooks_carry_no_saved_widget_state():
+    # With saved widget state, nbconvert's HTML shows the widget view (drawn only by a renderer
+    # from a CDN) instead of the text/html twin every nbdeploy panel also sends.
+    import json
+
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        assert "widgets" not in json.loads(path.read_text())["metadata"], f"{path.name}: clear its widget state"

@@ -36,6 +36,19 @@ def test_deploy_from_a_line_and_list(shell, ns, tmp_path, capsys):
     assert nbdeploy.deployments(home=str(tmp_path)) == []
 
 
+@pytest.mark.server
+def test_export_every_format_from_a_line(shell, ns, tmp_path, capsys):
+    shell.run_line_magic("deploy", "model --name iris --sample X")
+    out = tmp_path / "exports"
+    for fmt, produced in (("bundle", "models/iris/1/model.onnx"), ("docker", "Dockerfile"),
+                          ("triton", "iris/config.pbtxt"), ("kserve", "inference-service.yaml")):
+        shell.run_line_magic("deploy", f"export iris --to {fmt} {out / fmt}")
+        assert (out / fmt / produced).is_file() and (out / fmt / "README.md").is_file()
+        assert f"exported 'iris' ({fmt}) to {out / fmt}" in capsys.readouterr().out
+    shell.run_line_magic("deploy", f"export iris --version production --to triton {out / 'alias'}")
+    assert (out / "alias" / "iris" / "1" / "model.onnx").is_file()
+
+
 @pytest.mark.parametrize(
     ("line", "needle"),
     [
@@ -46,6 +59,8 @@ def test_deploy_from_a_line_and_list(shell, ns, tmp_path, capsys):
         ("notamodel --name iris --sample X", "expected a fitted scikit-learn estimator"),
         ("model --name 'bad name' --sample X", "model name 'bad name' is not valid"),
         ("stop nosuch", "no model named 'nosuch'"),
+        ("export iris --to tirton out", "unknown export format 'tirton' (did you mean 'triton'?)"),
+        ("export iris out", "the following arguments are required: --to"),
         ("", "expected MODEL --name NAME --sample X"),
     ],
 )

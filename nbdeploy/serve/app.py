@@ -1,34 +1,42 @@
-"""The ASGI app: routes, one error renderer, and a lifespan that keeps the runtime in step."""
+"""The ASGI app: routes, one error renderer, the security guard, and a lifespan that keeps the
+runtime in step with the store."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.serve.batcher import Overloaded
+from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.endpoints import json_response, routes
+from nbdeploy.serve.events import EventSink, NullSink
+from nbdeploy.serve.inference import ServerContext
+from nbdeploy.serve.metrics import Metrics
 from nbdeploy.serve.runtime import Runtime
+from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard
 from nbdeploy.store import Store
 
 log = logging.getLogger("nbdeploy.server")
 POLL_SECONDS = 0.2
-MAX_BODY_BYTES = 8 * 1024 * 1024
-
-
 
 
 async def _nbdeploy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NbdeployError)
-    return json_response({"error": exc.message}, status=exc.status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return json_response({"error": exc.message}, status=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -41,45 +49,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return json_response({"error": "internal server error"}, status=500)
 
 
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, by Content-Length or as chunks arrive."""
+def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: ServeConfig | None = None,
+               sink: EventSink | None = None, token: str | None = None,
+               hosts: frozenset[str] = LOOPBACK_HOSTS, extra_routes: Sequence[BaseRoute] = (),
+               max_body: int | None = None) -> Starlette:
+    """The server for one store. The lifespan loads what the store says to serve, then follows it.
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._too_large(send)
-                return
-        received = 0
-
-        async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise NbdeployError(f"request body is over the {self.limit} byte limit", 413)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    async def _too_large(self, send: Any) -> None:
-        body = b'{"error":"request body is over the ' + str(self.limit).encode() + b' byte limit"}'
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, max_body: int = MAX_BODY_BYTES) -> Starlette:
-    """The server for one store. The lifespan loads what the store says to serve, then follows it."""
-    runtime = Runtime(store)
+    ``token`` (when set) is required on every route but the health checks; ``hosts`` are the
+    ``Host`` names accepted; ``sink`` receives one event per inference request.
+    """
+    config = config or ServeConfig()
+    if max_body is not None:
+        config = replace(config, max_body_bytes=max_body)
+    metrics = Metrics()
+    runtime = Runtime(store, config, metrics)
+    ctx = ServerContext(runtime=runtime, metrics=metrics, config=config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -92,24 +76,35 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, max_body: in
                 except Exception:  # keep following: one bad read must not freeze the server
                     log.exception("cannot sync with the store")
 
-        from starlette.concurrency import run_in_threadpool
-
         await run_in_threadpool(runtime.sync, True)
         thread = threading.Thread(target=follow, name="nbdeploy-store-follower", daemon=True)
         thread.start()
         try:
             yield
         finally:
-            app.state.draining = True
+            ctx.draining = True
             stop.set()
             thread.join(timeout=5)
+            await run_in_threadpool(runtime.close)
+            close = getattr(app.state.sink, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
 
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *extra_routes],
         lifespan=lifespan,
-        middleware=[Middleware(BodyLimit, limit=max_body)],
+        middleware=[Middleware(Guard, hosts=hosts, token=token, max_body=config.max_body_bytes, metrics=metrics)],
         exception_handlers={NbdeployError: _nbdeploy_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.state.ctx = ctx
     app.state.runtime = runtime
-    app.state.draining = False
+    app.state.sink = sink if sink is not None else NullSink()
+    if callable(getattr(sink, "feedback", None)):
+        app.state.log = sink  # the prediction log also takes feedback (see serve/feedback.py)
     return app
+
+
+def draining(app: Any) -> None:
+    """Readiness answers 503 from now on (SIGTERM): the server still answers everything else."""
+    app.state.ctx.draining = True

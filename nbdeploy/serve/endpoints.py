@@ -1,20 +1,22 @@
-"""HTTP endpoints: decode the request, call a handler, encode the answer. Nothing else."""
+"""HTTP routes: decode the request, call a handler, encode the answer. Nothing else.
+
+``routes`` is a plain list; ``create_app`` may extend it. Each action has one route: the optional
+``/versions/{v}`` segment (a number or an alias) is one path convertor, for V2 and MLflow alike.
+"""
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
 
-from nbdeploy.errors import InvalidInput, NotFound, Unavailable
+from nbdeploy import __version__
+from nbdeploy.errors import NotFound, Unavailable
 from nbdeploy.serve import handlers
-from nbdeploy.serve.protocol import decode_infer_request, encode_infer_response
-from nbdeploy.serve.runtime import Runtime
+from nbdeploy.serve.inference import Invocations, ServerContext, V2Infer, check_json_object
+from nbdeploy.serve.openapi import DOCS_HTML, openapi_document
 
 
 class VersionSegment(Convertor[str | None]):
@@ -31,17 +33,16 @@ class VersionSegment(Convertor[str | None]):
 
 register_url_convertor("versionseg", VersionSegment())
 
-
-# The optional "/versions/{v}" segment is one path convertor, so each action has one route.
 VERSIONED = "/v2/models/{name}{version:versionseg}"
+MLFLOW = "/models/{name}{version:versionseg}"
 
 
 def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+def _ctx(request: Request) -> ServerContext:
+    return request.app.state.ctx
 
 
 async def server_metadata(request: Request) -> Response:
@@ -53,57 +54,78 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    runtime = _runtime(request)
-    if not runtime.synced or request.app.state.draining:
-        return json_response({"ready": False}, status=503)
+    ctx = _ctx(request)
+    if not ctx.runtime.synced or ctx.draining:
+        return json_response({"ready": False, "draining": ctx.draining}, status=503)
     return json_response({"ready": True})
 
 
 async def model_metadata(request: Request) -> Response:
     p = request.path_params
-    return json_response(handlers.model_metadata(_runtime(request), p["name"], p["version"]))
+    return json_response(handlers.model_metadata(_ctx(request).runtime, p["name"], p["version"]))
 
 
 async def model_ready(request: Request) -> Response:
     p = request.path_params
     try:
-        model = _runtime(request).resolve(p["name"], p["version"])
+        model = _ctx(request).runtime.resolve(p["name"], p["version"])
     except (NotFound, Unavailable) as exc:
         return json_response({"name": p["name"], "ready": False, "error": exc.message}, status=exc.status)
     return json_response({"name": p["name"], "version": str(model.version), "ready": True})
 
 
-async def infer(request: Request) -> Response:
-    p = request.path_params
-    body = await request.body()
-    header_length = request.headers.get("inference-header-content-length")
-    if header_length is not None:
-        try:
-            header_length = int(header_length)
-        except ValueError:
-            raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-    decoded = decode_infer_request(body, header_length)
-    model, outputs = await run_in_threadpool(handlers.infer, _runtime(request), p["name"], p["version"], decoded)
-    binary = _binary_outputs(decoded)
-    payload, headers = encode_infer_response(
-        model.name, str(model.version), decoded.id or str(uuid.uuid4()), outputs, binary=binary
-    )
-    media = headers.pop("Content-Type", headers.pop("content-type", "application/json"))
-    return Response(payload, media_type=media, headers=headers)
+async def repository_index(request: Request) -> Response:
+    check_json_object(await request.body(), "the repository index request")
+    return json_response(handlers.repository_index(_ctx(request).runtime))
 
 
-def _binary_outputs(decoded: object) -> set[str] | bool:
-    params = getattr(decoded, "parameters", None) or {}
-    if params.get("binary_data_output"):
-        return True
-    return {o.name for o in (decoded.outputs or []) if o.binary_data}
+async def ping(request: Request) -> Response:
+    """MLflow's health check: 200 once the server serves, 503 while starting or draining."""
+    ctx = _ctx(request)
+    name = request.path_params.get("name")
+    if name is not None:
+        ctx.runtime.resolve(name, request.path_params.get("version"))
+    ok = ctx.runtime.synced and not ctx.draining
+    return Response(b"\n", status_code=200 if ok else 503, media_type="application/json")
 
 
-routes = [
+async def version(request: Request) -> Response:
+    return Response(__version__, media_type="text/plain")
+
+
+async def metrics(request: Request) -> Response:
+    ctx = _ctx(request)
+    served = [(name, number, model.batching) for name, s in sorted(ctx.runtime.models().items())
+              for number, model in sorted(s.versions.items())]
+    text = ctx.metrics.render(dropped=int(getattr(request.app.state.sink, "dropped", 0)), served=served,
+                              load_failures=len(ctx.runtime.failed))
+    return Response(text, media_type="text/plain; version=0.0.4")
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(openapi_document())
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(DOCS_HTML)
+
+
+routes: list[BaseRoute] = [
+    Route(VERSIONED + "/infer", V2Infer(), methods=["POST"]),
+    Route(MLFLOW + "/invocations", Invocations(), methods=["POST"]),
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
     Route(VERSIONED, model_metadata, methods=["GET"]),
     Route(VERSIONED + "/ready", model_ready, methods=["GET"]),
-    Route(VERSIONED + "/infer", infer, methods=["POST"]),
+    Route("/v2/repository/index", repository_index, methods=["POST"]),
+    Route("/ping", ping, methods=["GET"]),
+    Route("/health", ping, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
+    Route(MLFLOW + "/ping", ping, methods=["GET"]),
+    Route(MLFLOW + "/health", ping, methods=["GET"]),
+    Route(MLFLOW + "/version", version, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
 ]

@@ -8,10 +8,11 @@ import numpy as np
 
 from nbdeploy import __version__
 from nbdeploy.errors import InvalidInput
+from nbdeploy.serve.batcher import Feeds
 from nbdeploy.serve.protocol import InferRequest
 from nbdeploy.serve.runtime import LoadedModel, Runtime
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data"]
 
 
 def server_metadata() -> dict[str, Any]:
@@ -22,6 +23,7 @@ def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str
     model = runtime.resolve(name, version)
     served = runtime.models()[name]
     versions = [str(model.version)] if version else [str(v) for v in sorted(served.versions)]
+    failed = {str(v): e for (n, v), e in runtime.failed.items() if n == name}
     return {
         "name": name,
         "versions": versions,
@@ -37,23 +39,26 @@ def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str
             "model_version": str(model.version),
             "task": model.task,
             "aliases": {a: str(v) for a, v in served.aliases.items()},
+            "batching": model.batching,
             **({"classes": model.classes} if model.classes is not None else {}),
+            **({"failed_versions": failed} if failed else {}),
         },
     }
 
 
-def infer(runtime: Runtime, name: str, version: str | None,
-          request: InferRequest) -> tuple[LoadedModel, list[tuple[str, np.ndarray]]]:
-    """Validate against the model's signature, run it, and return the requested outputs."""
-    model = runtime.resolve(name, version)
-    tensors = _tensors_by_name(model, request)
-    feeds = model.signature.feeds(tensors)
-    wanted = _requested_outputs(model, request)
-    results = model.run(feeds, wanted)
-    return model, [(out, results[out]) for out in wanted]
+def repository_index(runtime: Runtime) -> list[dict[str, Any]]:
+    """Every served version (read-only: loading happens only through the store)."""
+    index = []
+    for name, served in sorted(runtime.models().items()):
+        for number in sorted(served.versions):
+            index.append({"name": name, "version": str(number), "state": "READY", "reason": ""})
+        for (failed_name, number), error in sorted(runtime.failed.items()):
+            if failed_name == name:
+                index.append({"name": name, "version": str(number), "state": "UNAVAILABLE", "reason": error})
+    return index
 
 
-def _tensors_by_name(model: LoadedModel, request: InferRequest) -> dict[str, np.ndarray]:
+def tensors_by_name(model: LoadedModel, request: InferRequest) -> dict[str, np.ndarray]:
     tensors = {t.name: t.data for t in request.inputs}
     spec = model.signature
     # A V2 client may send a DataFrame model's features as one [n, n_columns] tensor.
@@ -64,7 +69,25 @@ def _tensors_by_name(model: LoadedModel, request: InferRequest) -> dict[str, np.
     return tensors
 
 
-def _requested_outputs(model: LoadedModel, request: InferRequest) -> list[str]:
+def validate(model: LoadedModel, tensors: dict[str, np.ndarray]) -> tuple[Feeds, int]:
+    """ONNX feeds for named tensors, checked against the signature; also the number of rows."""
+    fast = _fast_feeds(model, tensors)
+    if fast is not None:
+        return fast
+    feeds = model.signature.feeds(tensors)
+    for spec in model.signature.inputs:
+        if spec.name in model.no_nan:
+            arr = feeds[spec.onnx_name]
+            missing = np.isnan(arr)
+            if missing.any():
+                row = int(np.argwhere(missing)[0][0])
+                raise InvalidInput(f"input {spec.name!r}: expected a number, got null/NaN at row {row}; "
+                                   "this model cannot take missing values there")
+    rows = next(iter(feeds.values())).shape[0] if feeds else 0
+    return feeds, rows
+
+
+def requested_outputs(model: LoadedModel, request: InferRequest) -> list[str]:
     if not request.outputs:
         return list(model.outputs)
     names = []
@@ -73,3 +96,40 @@ def _requested_outputs(model: LoadedModel, request: InferRequest) -> list[str]:
             raise InvalidInput(f"unknown output {out.name!r}; this model has outputs: {', '.join(model.outputs)}")
         names.append(out.name)
     return names
+
+
+def check_output(model: LoadedModel, output: str) -> None:
+    if output not in model.outputs:
+        raise InvalidInput(f"model {model.name!r} is a {model.task} model without {output!r}; "
+                           f"it has outputs: {', '.join(model.outputs)}")
+
+
+def _fast_feeds(model: LoadedModel, tensors: dict[str, np.ndarray]) -> tuple[Feeds, int] | None:
+    """The common case, decided in a few comparisons per input: every input present with the model's
+    width and numeric data that ``Signature.feeds`` would only cast (int/float to float). Anything
+    else returns None and takes the full check, with its error messages."""
+    plan = model.plan
+    if len(tensors) != len(plan):
+        return None
+    feeds: Feeds = {}
+    rows = -1
+    for name, onnx_name, width, dtype, check_nan in plan:
+        arr = tensors.get(name)
+        if arr is None:
+            return None
+        if arr.ndim == 1 and width == 1:
+            arr = arr.reshape(-1, 1)
+        elif arr.ndim != 2 or arr.shape[1] != width:
+            return None
+        if arr.dtype != dtype:
+            if dtype.kind != "f" or arr.dtype.kind not in "fiu":
+                return None
+            arr = arr.astype(dtype)
+        if rows != arr.shape[0]:
+            if rows != -1:
+                return None
+            rows = arr.shape[0]
+        if check_nan and (arr.item() != arr.item() if arr.size == 1 else np.isnan(arr).any()):
+            return None  # x != x only for NaN; the full check names the row
+        feeds[onnx_name] = arr
+    return feeds, rows

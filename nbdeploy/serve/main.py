@@ -1,41 +1,123 @@
-"""Run the server for one store: bind first, record where it listens, then hand the socket to uvicorn."""
+"""Run the server for one store: bind first, record where it listens, then hand the socket to uvicorn.
+
+SIGTERM (or SIGINT) drains: readiness answers 503 at once, requests keep being served for
+``drain_seconds``, then uvicorn stops taking connections, finishes the requests in flight, and
+the lifespan stops each version's worker after its queue. A second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from nbdeploy.errors import InvalidInput
+from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.events import EventSink, NullSink
+from nbdeploy.serve.security import allowed_hosts, is_loopback, load_or_create_token
 from nbdeploy.store import Store
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+log = logging.getLogger("nbdeploy.server")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+def make_sink(store: Store) -> EventSink:
+    """The store's prediction log (``log.db``), or a NullSink when ``NBDEPLOY_PREDICTION_LOG=off``."""
+    if os.environ.get("NBDEPLOY_PREDICTION_LOG", "on").lower() in ("0", "off", "false", "no"):
+        return NullSink()
+    from nbdeploy.store.log import PredictionLog, registry_profiles
+
+    return PredictionLog(store.home, profiles=registry_profiles(store))
+
+
+def _logging(store: Store, level: str) -> None:
+    """nbdeploy's own lines at INFO or above go to stderr and, when stderr is not already the store's
+    server.log (as when the kernel starts the server), to server.log too, so ``nbdeploy logs`` works."""
+    ours = logging.getLogger("nbdeploy")
+    ours.setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
+    ours.propagate = False
+    formatter = logging.Formatter(LOG_FORMAT)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(formatter)
+    ours.addHandler(stderr)
+    path = store.home / "server.log"
+    try:
+        same = path.exists() and os.path.samestat(os.fstat(2), path.stat())
+    except OSError:
+        same = False
+    if not same:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(formatter)
+        ours.addHandler(handler)
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+        config: ServeConfig | None = None, allow_hosts: tuple[str, ...] = (), sink: EventSink | None = None) -> None:
     import uvicorn
 
-    from nbdeploy.serve.app import create_app
+    from nbdeploy.serve.app import create_app, draining
 
-    if host not in LOOPBACK:
-        raise InvalidInput(f"nbdeploy serves on loopback only for now; got --host {host}")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(home)
+    _logging(store, log_level)
+    config = config or ServeConfig.from_env()
+    token = None
+    if not is_loopback(host):
+        token = load_or_create_token(store.home)
+        log.warning("listening on %s: every route but the health checks needs the bearer token in %s",
+                    host, store.home / "server.token")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
-        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except (OSError, OverflowError) as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(store), log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, server_header=False)
-    server = uvicorn.Server(config)
-    store.set_server(os.getpid(), "127.0.0.1" if host == "localhost" else host, bound_port)
+    app = create_app(store, config=config, sink=sink if sink is not None else make_sink(store), token=token,
+                     hosts=allowed_hosts(host, allow_hosts))
+    uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="auto",
+                               http="auto", timeout_graceful_shutdown=10, server_header=False, date_header=False)
+    server = DrainingServer(uv_config, lambda: draining(app), config.drain_seconds)
+    record_host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else ("::1" if host == "::" else host)
+    store.set_server(os.getpid(), record_host, bound_port)
+    log.info("serving %s on %s:%s", store.home, host, bound_port)
+    # uvicorn re-raises the signal it stopped on once it is done; a no-op handler lets us exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
     try:
         server.run(sockets=[sock])
     finally:
         store.clear_server(os.getpid())
+        log.info("stopped")
+
+
+def _ignore(sig: int, frame: Any) -> None:
+    return None
+
+
+class DrainingServer:
+    """uvicorn's Server, with readiness going 503 for ``grace`` seconds before it stops."""
+
+    def __new__(cls, config: Any, on_drain: Any, grace: float) -> Any:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if self.should_exit or getattr(self, "_draining", False):
+                    super().handle_exit(sig, frame)  # a second signal: force
+                    return
+                self._draining = True
+                on_drain()
+                log.info("draining: readiness is 503, stopping in %.2f s", grace)
+                timer = threading.Timer(grace, super().handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+
+        return _Server(config)

@@ -24,6 +24,8 @@ from nbdeploy.errors import InvalidInput, NbdeployError
 
 MAX_ELEMENTS = 10_000_000
 """Most tensor elements one request may declare, checked against shapes before any allocation."""
+MAX_DEPTH = 32
+"""Deepest nesting of a tensor's ``data`` arrays (orjson itself stops any JSON at depth 1024)."""
 
 DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -132,7 +134,19 @@ def _field(obj: dict[str, Any], key: str, kind: type, where: str, optional: bool
     raise InvalidInput(f"{where}{key} must be {_KINDS[kind]}, got {got}")
 
 
-def _named(i: int, spec: Any, kind: str, seen: set[str]) -> tuple[str, str, dict[str, Any]]:
+class _Where:
+    """The error prefix ``input 'x': ``, formatted only when an error needs it (the hot path never does)."""
+
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind, self.name = kind, name
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.kind} {self.name!r}: "
+
+
+def _named(i: int, spec: Any, kind: str, seen: set[str]) -> tuple[str, Any, dict[str, Any]]:
     """Name, error prefix and parameters of the i-th input or output object."""
     if type(spec) is not dict:
         raise InvalidInput(f"{kind}s[{i}] must be an object, got {_json_type(spec)}")
@@ -142,8 +156,14 @@ def _named(i: int, spec: Any, kind: str, seen: set[str]) -> tuple[str, str, dict
     if name in seen:
         raise InvalidInput(f"{kind} {name!r} appears more than once")
     seen.add(name)
-    where = f"{kind} {name!r}: "
-    return name, where, _field(spec, "parameters", dict, where, optional=True) or {}
+    where = _Where(kind, name)
+    params = spec.get("parameters")
+    if params is None:
+        return name, where, {}
+    return name, where, params if type(params) is dict else _field(spec, "parameters", dict, where)
+
+
+_INT_ONLY = frozenset({int})
 
 
 def _split(body: bytes, header_length: int | str | None) -> tuple[Any, memoryview | None]:
@@ -192,7 +212,7 @@ def decode_infer_request(
         if type(datatype) is not str or datatype not in DATATYPE_TO_NUMPY:
             raise InvalidInput(f"{where}datatype must be one of {', '.join(DATATYPE_TO_NUMPY)}, got {datatype!r}")
         shape = spec.get("shape")
-        if type(shape) is not list or any(type(d) is not int or d < 0 for d in shape):
+        if type(shape) is not list or not (set(map(type, shape)) <= _INT_ONLY and (not shape or min(shape) >= 0)):
             raise InvalidInput(f"{where}shape must be an array of non-negative integers, got {shape!r}")
         count = math.prod(shape)
         total += count
@@ -258,6 +278,8 @@ def _flatten(where: str, data: Any) -> tuple[list[Any], set[type]]:
             return data, types
         if len(types) > 1:
             raise InvalidInput(f"{where}data mixes arrays and scalars at nesting depth {depth}")
+        if depth >= MAX_DEPTH:
+            raise InvalidInput(f"{where}data is nested deeper than {MAX_DEPTH} arrays")
         data = list(chain.from_iterable(data))
         depth += 1
 
@@ -289,6 +311,17 @@ def _from_json(where: str, datatype: str, shape: list[int], count: int, data: An
         if bad is not None:
             raise InvalidInput(f"{where}value {bad} out of range for {datatype} {bounds}")
     return np.array(flat, dtype=dtype)  # None -> NaN for FP types
+
+
+def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """Validate JSON ``data`` (nested or flat, row-major) as one input of ``datatype`` and ``shape``.
+
+    The same checks as an ``infer`` input: element types, ranges, null only for FP, count vs shape.
+    """
+    where = f"input {name!r}: "
+    if datatype not in DATATYPE_TO_NUMPY:
+        raise InvalidInput(f"{where}datatype must be one of {', '.join(DATATYPE_TO_NUMPY)}, got {datatype!r}")
+    return _from_json(where, datatype, shape, math.prod(shape), data).reshape(shape)
 
 
 def _from_binary(where: str, datatype: str, shape: list[int], count: int, raw: memoryview) -> np.ndarray:

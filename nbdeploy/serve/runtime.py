@@ -1,8 +1,11 @@
 """ONNX Runtime sessions per model version, kept in step with the store and swapped atomically.
 
 The runtime knows nothing of HTTP. ``sync()`` reads the store, loads and warms any version that
-should be served, then replaces the whole routing table with one assignment: a request that
-already resolved its :class:`LoadedModel` finishes on it, new requests see the new table.
+should be served beside the ones serving now, then replaces the whole routing table with one
+assignment: a request that already resolved its :class:`LoadedModel` finishes on it (its batcher
+drains before it stops), new requests see the new table. A version that fails to load (corrupt
+file, hash mismatch, external data) is reported to the store and its aliases keep the version
+they served before.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nbdeploy.errors import NbdeployError, NotFound, Unavailable
+from nbdeploy.serve.batcher import Batcher, Feeds, Outputs
+from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.metrics import Metrics, VersionStats
+from nbdeploy.serve.probe import batch_helps, check_self_contained, nan_refusing_inputs, warmup_feeds
 from nbdeploy.signature import NUMPY_OF, Signature
 from nbdeploy.store import PRODUCTION, Store, VersionRecord
 
@@ -29,9 +37,15 @@ ORT_TO_V2 = {
 }
 
 
-@dataclass
+class ModelRunError(NbdeployError):
+    """ONNX Runtime refused inputs that passed validation (for example an unseen category): 422."""
+
+    status = 422
+
+
+@dataclass(eq=False)
 class LoadedModel:
-    """One version, loaded and warmed, with what the endpoints need to describe it."""
+    """One version, loaded and warmed, with what the endpoints need to describe and call it."""
 
     name: str
     version: int
@@ -40,28 +54,60 @@ class LoadedModel:
     task: str
     classes: list[Any] | None
     outputs: dict[str, str]  # output name -> V2 datatype
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stats: VersionStats = field(default_factory=VersionStats, repr=False)
+    no_nan: frozenset[str] = frozenset()  # float inputs (user names) the model cannot take NaN in
+    single_row_ms: float = 0.0
+    batcher: Batcher | None = field(default=None, repr=False)
+    plan: list[tuple[str, str, int, np.dtype, bool]] = field(default_factory=list, repr=False)
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = outputs or list(self.outputs)
-        results = self.session.run(names, feeds)
-        return dict(zip(names, results, strict=True))
+    def __post_init__(self) -> None:
+        self._names = list(self.outputs)  # naming the outputs saves ORT a lookup per call
+        self.plan = [(s.name, s.onnx_name, s.shape[1] if len(s.shape) > 1 else 1, NUMPY_OF[s.datatype], False)
+                     for s in self.signature.inputs]
+
+    def refuse_nan(self, names: frozenset[str]) -> None:
+        """Inputs where a missing value must be refused (see probe.nan_refusing_inputs)."""
+        self.no_nan = names
+        self.plan = [(n, o, w, d, n in names) for n, o, w, d, _ in self.plan]
+
+    def run(self, feeds: Feeds) -> Outputs:
+        """Run the session on ONNX feeds, every output; blocking (worker thread or warm-up only)."""
+        try:
+            results = self.session.run(self._names, feeds)
+        except Exception as exc:
+            raise ModelRunError(f"the model could not run on this input: {exc}") from None
+        return dict(zip(self._names, results, strict=True))
+
+    async def predict(self, feeds: Feeds, rows: int) -> Outputs:
+        """Every output for validated feeds, computed off the event loop (batched when enabled)."""
+        assert self.batcher is not None, "predict() needs a started model"
+        return await self.batcher.submit(feeds, rows)
+
+    @property
+    def batching(self) -> bool:
+        return bool(self.batcher and self.batcher.batching)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    aliases: dict[str, int]
+    aliases: dict[str, int]  # what requests resolve: the store's aliases, less targets that failed
     versions: dict[int, LoadedModel]
+    wanted: dict[str, int] = field(default_factory=dict)  # the store's aliases
 
 
 class Runtime:
     """What the server holds: ``load``/``predict``/``unload`` behind one routing table."""
 
-    def __init__(self, store: Store, threads: int = 1) -> None:
+    def __init__(self, store: Store, config: ServeConfig | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
-        self.threads = threads
+        self.config = config or ServeConfig()
+        self.metrics = metrics or Metrics()
         self._table: dict[str, ServedModel] = {}
-        self._failed: dict[tuple[str, int], str] = {}
+        self.failed: dict[tuple[str, int], str] = {}
         self._generation = -1
         self._sync_lock = threading.Lock()
 
@@ -78,7 +124,7 @@ class Runtime:
         served = self._table.get(name)
         if served is None:
             raise NotFound(f"model {name!r} is not served{self._hint(name)}")
-        if version is None or version == "":
+        if not version:
             version = PRODUCTION
         if version.isdigit():
             number = int(version)
@@ -89,10 +135,10 @@ class Runtime:
                            f"aliases: {', '.join(sorted(served.aliases)) or 'none'}")
         loaded = served.versions.get(number)
         if loaded is None:
-            if (name, number) in self._failed:
-                raise Unavailable(f"model {name!r} version {number} failed to load: {self._failed[(name, number)]}")
+            if (name, number) in self.failed:
+                raise Unavailable(f"model {name!r} version {number} failed to load: {self.failed[(name, number)]}")
             raise NotFound(f"model {name!r} version {number} is not served; "
-                           f"served versions: {', '.join(map(str, sorted(served.versions)))}")
+                           f"served versions: {', '.join(map(str, sorted(served.versions))) or 'none'}")
         return loaded
 
     def _hint(self, name: str) -> str:
@@ -110,82 +156,106 @@ class Runtime:
                 return False
             table: dict[str, ServedModel] = {}
             for name in self.store.serving_models():
-                aliases = self.store.aliases(name)
-                wanted = set(aliases.values())
-                versions: dict[int, LoadedModel] = {}
-                current = self._table.get(name)
-                for number in sorted(wanted):
-                    if current and number in current.versions:
-                        versions[number] = current.versions[number]
-                        continue
-                    loaded = self._try_load(self.store.version(name, number))
-                    if loaded is not None:
-                        versions[number] = loaded
-                table[name] = ServedModel(aliases=aliases, versions=versions)
+                table[name] = self._served(name, self._table.get(name))
+            retired = [m for s in self._table.values() for m in s.versions.values()]
             self._table = table  # the swap: one reference assignment
             self._generation = generation
+            kept = {id(m) for s in table.values() for m in s.versions.values()}
+            for model in retired:
+                if id(model) not in kept:
+                    model.close()
+                    log.info("retired %s version %s", model.name, model.version)
             states = {(n, v): ("ready", None) for n, m in table.items() for v in m.versions}
-            states.update({k: ("failed", e) for k, e in self._failed.items() if k not in states})
+            states.update({k: ("failed", e) for k, e in self.failed.items() if k not in states})
             self.store.report_served(generation, states)
             return True
 
-    def _try_load(self, record: VersionRecord) -> LoadedModel | None:
-        key = (record.name, record.version)
-        if key in self._failed:
+    def _served(self, name: str, current: ServedModel | None) -> ServedModel:
+        wanted = self.store.aliases(name)
+        versions: dict[int, LoadedModel] = {}
+        aliases: dict[str, int] = {}
+        for alias, number in sorted(wanted.items(), key=lambda kv: kv[1]):
+            loaded = versions.get(number) or (current.versions.get(number) if current else None)
+            loaded = loaded or self._try_load(name, number)
+            before = current.aliases.get(alias) if current else None
+            if loaded is None and before is not None and before in current.versions:
+                log.warning("%s %s stays on version %s: version %s did not load", name, alias, before, number)
+                number, loaded = before, current.versions[before]
+            aliases[alias] = number
+            if loaded is not None:
+                versions[number] = loaded
+                if before is not None and before != number:
+                    log.info("%s %s now serves version %s (was %s)", name, alias, number, before)
+        return ServedModel(aliases=aliases, versions=versions, wanted=wanted)
+
+    def _try_load(self, name: str, number: int) -> LoadedModel | None:
+        key = (name, number)
+        if key in self.failed:
             return None
         try:
-            loaded = self.load(record)
+            loaded = self.load(self.store.version(name, number))
         except Exception as exc:  # any load failure leaves the previous version serving
             message = exc.message if isinstance(exc, NbdeployError) else f"{type(exc).__name__}: {exc}"
-            log.error("cannot load %s version %s: %s", record.name, record.version, message)
-            self._failed[key] = message
+            log.error("cannot load %s version %s: %s", name, number, message)
+            self.failed[key] = message
             return None
         return loaded
 
     def load(self, record: VersionRecord) -> LoadedModel:
-        """Load one stored version: hash-checked, self-contained ONNX, warmed with one row."""
-        import onnx
+        """Load one stored version: hash-checked, self-contained ONNX, warmed, measured, started."""
         import onnxruntime as ort
 
         data = record.onnx_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise NbdeployError(f"{record.onnx_path} does not match its recorded sha256", 500)
-        proto = onnx.load_model_from_string(data)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            raise NbdeployError("the ONNX file refers to external data, which nbdeploy does not load", 500)
+        check_self_contained(data)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = self.config.ort_threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         meta = record.meta
-        loaded = LoadedModel(
-            name=record.name,
-            version=record.version,
-            session=session,
-            signature=Signature.from_dict(meta["signature"]),
-            task=meta.get("task", "regression"),
+        model = LoadedModel(
+            name=record.name, version=record.version, session=session,
+            signature=Signature.from_dict(meta["signature"]), task=meta.get("task", "regression"),
             classes=meta.get("classes"),
             outputs={o.name: ORT_TO_V2.get(o.type, "FP32") for o in session.get_outputs()},
+            stats=self.metrics.version(record.name, record.version),
         )
-        loaded.run(warmup_feeds(loaded.signature))
-        log.info("loaded %s version %s", record.name, record.version)
-        return loaded
+        model.single_row_ms = _median_ms(model, warmup_feeds(model.signature, 1), runs=7)
+        model.refuse_nan(nan_refusing_inputs(model))
+        batching = self.config.batching == "on" or (
+            self.config.batching == "auto" and model.single_row_ms >= self.config.batch_threshold_ms
+            and batch_helps(model, model.single_row_ms)
+        )
+        model.batcher = Batcher(model.run, f"{record.name}:{record.version}", batching=batching,
+                                max_rows=self.config.max_batch_rows, max_wait=self.config.max_batch_wait_ms / 1000,
+                                max_queue_rows=self.config.max_queue_rows, sizes=model.stats.batches)
+        log.info("loaded %s version %s (single row %.3f ms, batching %s)", record.name, record.version,
+                 model.single_row_ms, "on" if batching else "off")
+        return model
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker after the work queued on it (server shutdown)."""
+        models = [m for s in self._table.values() for m in s.versions.values()]
+        for model in models:
+            model.close()
+        for model in models:
+            if model.batcher is not None:
+                model.batcher.join(timeout)
 
     def unload(self, name: str) -> None:
         with self._sync_lock:
             table = dict(self._table)
-            table.pop(name, None)
+            served = table.pop(name, None)
             self._table = table
+        for model in served.versions.values() if served else ():
+            model.close()
 
 
-def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
-    """One plausible row for each input, to run a model once before it takes traffic."""
-    feeds = {}
-    for spec in signature.inputs:
-        width = spec.shape[1] if len(spec.shape) > 1 else 1
-        if spec.datatype == "BYTES":
-            value = spec.categories[0] if spec.categories else ""
-            feeds[spec.onnx_name] = np.full((1, width), value, dtype=object)
-        else:
-            feeds[spec.onnx_name] = np.zeros((1, width), dtype=NUMPY_OF[spec.datatype])
-    return feeds
+def _median_ms(model: LoadedModel, feeds: Feeds, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:] if runs > 1 else times)) * 1000

@@ -19,6 +19,11 @@ def card_html(info: dict[str, Any]) -> str:
         ("Status", f'<span style="color:{colour};font-weight:600">&#9679; {html.escape(status)}</span>'),
         ("Endpoint", f'<code>{html.escape(str(info.get("url")))}</code>'),
     ]
+    browser = info.get("browser_url")
+    if browser:  # a remote Jupyter: the browser gets there through jupyter-server-proxy only
+        rows[-1] = ("Endpoint (kernel)", rows[-1][1])
+        rows.append(("Endpoint (browser)", f'<a href="{html.escape(browser)}" target="_blank">'
+                                           f"<code>{html.escape(browser)}</code></a>"))
     fidelity = info.get("fidelity") or {}
     if fidelity:
         if fidelity.get("task") == "regression":
@@ -49,9 +54,13 @@ def card_html(info: dict[str, Any]) -> str:
         f'<tr><th style="text-align:left;padding:2px 12px 2px 0">{k}</th><td style="text-align:left">{v}</td></tr>'
         for k, v in rows
     )
-    curl = info.get("curl")
-    curl_html = (f'<details><summary>Call it</summary><pre style="white-space:pre-wrap">{html.escape(curl)}</pre>'
-                 "</details>") if curl else ""
+    curl, browser_curl = info.get("curl"), info.get("browser_curl")
+    pre = '<pre style="white-space:pre-wrap">{}</pre>'
+    calls = pre.format(html.escape(curl or ""))
+    if curl and browser_curl:
+        calls = ("From the kernel, or a terminal on the Jupyter server:" + calls
+                 + "From elsewhere, through jupyter-server-proxy:" + pre.format(html.escape(browser_curl)))
+    curl_html = f"<details><summary>Call it</summary>{calls}</details>" if curl else ""
     return (f'<div class="nbdeploy-card" style="border:1px solid #d0d7de;border-radius:6px;padding:8px 12px">'
             f'<b>nbdeploy</b> · model <b>{html.escape(str(info.get("name")))}</b>'
             f"<table>{body}</table>{curl_html}</div>")
@@ -62,7 +71,8 @@ def card_bundle(info: dict[str, Any]) -> dict[str, Any]:
     text = card_html(info)
     bundle: dict[str, Any] = {"text/html": text,
                               "text/plain": f"nbdeploy: {info.get('name')} v{info.get('version')} "
-                                            f"{info.get('status')} at {info.get('url')}"}
+                                            f"{info.get('status')} at {info.get('url')}"
+                                            + (f" (browser: {info['browser_url']})" if info.get("browser_url") else "")}
     if _in_kernel():
         import ipywidgets
 

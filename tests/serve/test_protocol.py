@@ -250,8 +250,10 @@ def test_deep_nesting_is_invalid_input_not_recursion_error():
     deep = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
     deep += b"[" * 2000 + b"1" + b"]" * 2000 + b"}]}"
     assert "not valid JSON" in rejects(deep)
-    nested = "[" * 1000 + "1" + "]" * 1000  # within orjson's limit: flattened without recursion
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": %s}]}'
+    nested = "[" * 1000 + "1" + "]" * 1000  # within orjson's limit, beyond ours
+    assert "data is nested deeper than 32 arrays" in rejects(body % nested.encode())
+    nested = "[" * 32 + "1" + "]" * 32
     assert decode_infer_request(body % nested.encode(), None).inputs[0].data.tolist() == [1.0]
 
 

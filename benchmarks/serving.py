@@ -1,0 +1,169 @@
+"""Serving benchmark: nbdeploy against a raw-ASGI floor and its peers, in one run, interleaved.
+
+    .venv/bin/python benchmarks/serving.py                 # everything (≈ 25 min the first time)
+    .venv/bin/python benchmarks/serving.py --quick         # 2 s cells, 1 round, no peers
+
+Servers: (a) the floor (raw ASGI, uvicorn + uvloop + httptools, constant answer), (b) nbdeploy
+(`nbdeploy serve`, validation and prediction logging on), (c) FastAPI + scikit-learn, (d) MLflow
+`mlflow models serve`, (e) a minimal BentoML service. Load: wrk, single-row and 100-row requests at
+concurrency 1 and 16, each cell median of ``--rounds`` interleaved rounds. Writes docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
+import models as bench_models  # noqa: E402
+import peers  # noqa: E402
+import report  # noqa: E402
+
+CELLS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (rows per request, concurrency)
+
+
+def nbdeploy_server(label: str, work: Path, model_list: list, batching: str = "auto",
+                    log: str = "on") -> harness.Server:
+    from nbdeploy.store import Store
+
+    home = work / f"home-{label.replace(' ', '-').replace(',', '')}"
+    shutil.rmtree(home, ignore_errors=True)
+    store = Store(home)
+    for model in model_list:
+        bench_models.register(store, model)
+    port = harness.free_port()
+    argv = [sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(home), "--port", str(port),
+            "--batching", batching]
+    env = {**os.environ, "NBDEPLOY_PREDICTION_LOG": log}
+    return harness.Server(label, argv, f"http://127.0.0.1:{port}/v2/health/ready",
+                          f"http://127.0.0.1:{port}/v2/models/{model_list[0].name}/infer", ROOT, env)
+
+
+def floor_server() -> harness.Server:
+    port = harness.free_port()
+    argv = [sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port), "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return harness.Server("floor", argv, f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/", HERE)
+
+
+def peer_server(peer: str, model: bench_models.BenchModel, work: Path) -> harness.Server | None:
+    python = peers.venv_python(peer)
+    if python is None:
+        return None
+    port = harness.free_port()
+    pickle_path = model.save_pickle(work / f"{model.name}.pkl")
+    try:
+        cmd = peers.command(peer, python, pickle_path, model.columns, model.width, port, work)
+    except Exception as exc:  # e.g. MLflow cannot save the model
+        print(f"[skip] {peer}: {exc}", flush=True)
+        return None
+    ready = {"fastapi": "/docs", "mlflow": "/ping", "bentoml": "/readyz"}[peer]
+    return harness.Server(peer, cmd.argv, f"http://127.0.0.1:{port}{ready}", f"http://127.0.0.1:{port}{cmd.path}",
+                          cmd.cwd, cmd.env)
+
+
+def body_file(work: Path, server: harness.Server, model: bench_models.BenchModel, rows: int) -> Path:
+    kind = server.label if server.label in peers.PACKAGES else "v2"
+    path = work / f"body-{model.name}-{kind}-{rows}.json"
+    if not path.exists():
+        path.write_bytes(model.peer_body(kind, rows) if kind in peers.PACKAGES else model.v2_body(rows))
+    return path
+
+
+def measure_model(model, servers, work, wrk_bin, args) -> list[dict]:
+    results = []
+    live = []
+    for server in servers:
+        if server is None or not server.start(work / f"{server.label}.log"):
+            continue
+        status, answer = server.post(body_file(work, server, model, 1).read_bytes())
+        if status != 200:
+            print(f"[skip] {server.label}: answered {status}: {answer[:200]!r}", flush=True)
+            server.stop()
+            continue
+        harness.wrk(wrk_bin, server.score_url, body_file(work, server, model, 1), 16, 1)  # warm-up
+        live.append(server)
+    try:
+        for round_no in range(args.rounds):
+            for rows, conc in CELLS:
+                for server in live:
+                    body = body_file(work, server, model, rows)
+                    r = harness.wrk(wrk_bin, server.score_url, body, conc, args.duration)
+                    results.append({"model": model.name, "server": server.label, "rows": rows, "conc": conc,
+                                    "round": round_no, "rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms,
+                                    "errors": r.errors, "rss": server.rss_mb()})
+                    print(f"  {model.name:4} {server.label:22} rows={rows:<3} c={conc:<2} "
+                          f"{r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                          + (f"  errors {r.errors}" if r.errors else ""), flush=True)
+    finally:
+        for server in live:
+            server.stop()
+    return results
+
+
+def measure_startup(work: Path, model, repeats: int = 5) -> dict:
+    """nbdeploy with one small model: process start to ready, and resident memory under load."""
+    times, rss = [], []
+    wrk_bin = harness.ensure_wrk()
+    for i in range(repeats):
+        server = nbdeploy_server(f"startup-{i}", work, [model])
+        if not server.start(work / "startup.log"):
+            continue
+        times.append(server.startup_s)
+        harness.wrk(wrk_bin, server.score_url, body_file(work, server, model, 1), 16, 1)
+        rss.append(server.rss_mb())
+        server.stop()
+    return {"startup_s": statistics.median(times), "rss_mb": max(rss)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5, help="seconds per cell (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells report the median")
+    parser.add_argument("--models", default="lr,rf,mlp")
+    parser.add_argument("--peers", default="fastapi,mlflow,bentoml", help="comma list, or 'none'")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 s cells, one round, no peers")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.peers = 2, 1, "none"
+    wrk_bin = harness.ensure_wrk()
+    work = HERE / ".work"
+    work.mkdir(exist_ok=True)
+    peer_names = [] if args.peers == "none" else args.peers.split(",")
+    started = time.time()
+    built = bench_models.build(args.models.split(","))
+    results: list[dict] = []
+    for model in built:
+        print(f"== {model.title}", flush=True)
+        servers = [floor_server()]
+        if model.name == "mlp":
+            servers += [nbdeploy_server("nbdeploy batching on", work, [model], "on"),
+                        nbdeploy_server("nbdeploy batching off", work, [model], "off")]
+        else:
+            servers.append(nbdeploy_server("nbdeploy", work, [model]))
+            servers.append(nbdeploy_server("nbdeploy, log off", work, [model], log="off"))
+            servers += [peer_server(p, model, work) for p in peer_names]
+        results += measure_model(model, servers, work, wrk_bin, args)
+    startup = measure_startup(work, built[0])
+    profile = None if args.no_profile else report.profile_nbdeploy(
+        nbdeploy_server("nbdeploy profiled", work, [built[0]]), work, wrk_bin,
+        body_file(work, harness.Server("v2", [], "", "", HERE), built[0], 1))
+    text = report.render(results, startup, profile, args, time.time() - started,
+                         {m.name: m.title for m in built})
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

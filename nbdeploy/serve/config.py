@@ -1,0 +1,64 @@
+"""Server settings: one frozen dataclass, filled from defaults, ``NBDEPLOY_*`` variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from nbdeploy.errors import InvalidInput
+
+BATCHING_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a server can be tuned with. Each field ``x`` is also ``NBDEPLOY_X`` in the environment."""
+
+    batching: str = "auto"
+    """``auto``: batch a version when batching measurably helps it at warm-up (see runtime.batch_helps);
+    ``on``/``off``: for every version."""
+    batch_threshold_ms: float = 0.3
+    """``auto`` never batches a version whose single-row inference takes less than this."""
+    max_batch_rows: int = 64
+    """Most rows one ONNX call takes when batching (a single larger request still runs alone)."""
+    max_batch_wait_ms: float = 1.0
+    """How long a batch may wait for more requests, and only while requests keep arriving together."""
+    max_queue_rows: int = 4096
+    """Rows waiting or running per version; beyond it requests get 503 with Retry-After."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Request bodies over this get 413 (by Content-Length, or counted as chunks arrive)."""
+    max_elements: int = 1_000_000
+    """Most tensor elements (or table cells) one request may carry."""
+    ort_threads: int = 1
+    """ONNX Runtime intra-op threads per session."""
+    drain_seconds: float = 0.2
+    """On SIGTERM, readiness answers 503 for this long before the server stops taking connections."""
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING_MODES:
+            raise InvalidInput(f"batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "batching" and (not isinstance(value, (int, float)) or value < 0):
+                raise InvalidInput(f"{f.name} must be a non-negative number, got {value!r}")
+        if self.max_batch_rows < 1 or self.max_body_bytes < 1 or self.max_elements < 1:
+            raise InvalidInput("max_batch_rows, max_body_bytes and max_elements must be at least 1")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:
+        """Defaults, then ``NBDEPLOY_<FIELD>`` variables, then ``overrides`` that are not None."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"NBDEPLOY_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is not int else int(raw)
+            except ValueError:
+                what = {int: "an integer", float: "a number"}.get(kind, "a string")
+                raise InvalidInput(f"NBDEPLOY_{f.name.upper()} must be {what}, got {raw!r}") from None
+        config = cls(**values)
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,208 @@
+"""The two inference routes, as plain ASGI apps: V2 ``infer`` and MLflow ``invocations``.
+
+They are the hot path, so they skip Starlette's request/response objects: read the body, resolve
+the version, decode and validate, queue the feeds on the version's batcher (off the event loop),
+encode, send. Each request is counted in ``/metrics`` and, once resolved to a version, handed to
+the prediction log's sink as one :class:`~nbdeploy.serve.events.PredictionEvent`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import orjson
+
+from nbdeploy.errors import InvalidInput, NbdeployError
+from nbdeploy.serve import handlers
+from nbdeploy.serve.batcher import Overloaded
+from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.events import NullSink, PredictionEvent
+from nbdeploy.serve.metrics import Metrics
+from nbdeploy.serve.mlflow_format import decode_scoring_request, encode_predictions
+from nbdeploy.serve.protocol import decode_infer_request, encode_infer_response
+from nbdeploy.serve.runtime import LoadedModel, Runtime
+
+log = logging.getLogger("nbdeploy.server")
+Headers = list[tuple[bytes, bytes]]
+MLFLOW_CODES = {400: "BAD_REQUEST", 404: "RESOURCE_DOES_NOT_EXIST", 413: "BAD_REQUEST", 422: "BAD_REQUEST",
+                503: "TEMPORARILY_UNAVAILABLE"}
+
+
+@dataclass
+class ServerContext:
+    """What every route needs, on ``app.state.ctx``."""
+
+    runtime: Runtime
+    metrics: Metrics
+    config: ServeConfig
+    draining: bool = False
+
+
+def new_id() -> str:
+    """A random (version 4) UUID, as ``uuid.uuid4()`` gives but without its system call per id."""
+    h = f"{random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62) | (0x4 << 76) | (0x2 << 62):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+async def read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_bytes(send: Any, status: int, body: bytes, content_type: bytes = b"application/json",
+                     extra: Headers | None = None) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
+    extra = [(b"retry-after", str(exc.retry_after).encode())] if isinstance(exc, Overloaded) else None
+    return exc.status, orjson.dumps({"error": exc.message}), extra
+
+
+class InferenceRoute:
+    """Shared flow; subclasses decode the body and encode the answer for their protocol."""
+
+    protocol = ""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        app_state = scope["app"].state
+        ctx: ServerContext = app_state.ctx
+        sink = app_state.sink
+        params = scope["path_params"]
+        model: LoadedModel | None = None
+        tensors: dict[str, np.ndarray] = {}
+        results: dict[str, np.ndarray] = {}
+        request_id: str | None = None
+        try:
+            model = ctx.runtime.resolve(params["name"], params.get("version"))
+            batcher = model.batcher
+            batcher.arriving += 1  # a batch may wait for this one
+            try:
+                body = await read_body(receive)
+                request_id, tensors, decoded = self.decode(scope, body, model, ctx)
+                feeds, rows = handlers.validate(model, tensors)
+            finally:
+                batcher.arriving -= 1
+            tensors = {s.name: feeds[s.onnx_name] for s in model.signature.inputs}
+            results = await model.predict(feeds, rows)
+            request_id = request_id or new_id()
+            status, payload, content_type, extra = 200, *self.encode(model, request_id, decoded, results)
+            error = None
+        except ClientGone:
+            return
+        except NbdeployError as exc:
+            status, payload, extra = self.error(exc)
+            content_type, error, results = b"application/json", exc.message, {}
+        except Exception as exc:  # a bug, not the client's fault: say so, and keep serving
+            log.exception("unexpected error in %s inference", self.protocol)
+            status, payload, extra = 500, b'{"error":"internal server error"}', None
+            content_type, error, results = b"application/json", f"{type(exc).__name__}: {exc}", {}
+        await send_bytes(send, status, payload, content_type, extra)
+        elapsed = time.perf_counter() - started
+        if model is None:
+            ctx.metrics.unresolved[self.protocol, status] += 1
+            return
+        model.stats.record(self.protocol, status, elapsed)
+        if type(sink) is not NullSink:
+            sink.put(PredictionEvent(
+                id=request_id or new_id(), ts=time.time() - elapsed, model=model.name,
+                version=model.version, inputs=tensors, outputs=results, latency_ms=elapsed * 1000,
+                status=status, error=error,
+            ))
+
+    def error(self, exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
+        return error_body(exc)
+
+    def decode(self, scope: dict[str, Any], body: bytes, model: LoadedModel,
+               ctx: ServerContext) -> tuple[str | None, dict[str, np.ndarray], Any]:
+        raise NotImplementedError
+
+    def encode(self, model: LoadedModel, request_id: str, decoded: Any,
+               results: dict[str, np.ndarray]) -> tuple[bytes, bytes, Headers | None]:
+        raise NotImplementedError
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+class V2Infer(InferenceRoute):
+    """``POST /v2/models/{name}[/versions/{v}]/infer``, JSON or the binary tensor data extension."""
+
+    protocol = "v2"
+
+    def decode(self, scope, body, model, ctx):  # type: ignore[no-untyped-def]
+        length = _header(scope, b"inference-header-content-length")
+        request = decode_infer_request(body, None if length is None else length.decode("latin-1"),
+                                       max_elements=ctx.config.max_elements)
+        wanted = handlers.requested_outputs(model, request)
+        return request.id, handlers.tensors_by_name(model, request), (wanted, request.binary_outputs())
+
+    def encode(self, model, request_id, decoded, results):  # type: ignore[no-untyped-def]
+        wanted, binary = decoded
+        payload, headers = encode_infer_response(model.name, str(model.version), request_id,
+                                                 [(o, results[o]) for o in wanted], binary=binary)
+        if "Inference-Header-Content-Length" in headers:
+            extra = [(b"inference-header-content-length", headers["Inference-Header-Content-Length"].encode())]
+            return payload, b"application/octet-stream", extra
+        return payload, b"application/json", None
+
+
+class Invocations(InferenceRoute):
+    """``POST /models/{name}[/versions/{v}]/invocations``: MLflow's scoring formats, JSON or CSV."""
+
+    protocol = "mlflow"
+
+    def decode(self, scope, body, model, ctx):  # type: ignore[no-untyped-def]
+        content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        method = None
+        if scope.get("query_string"):
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            method = (query.get("predict_method") or [None])[0]
+        request = decode_scoring_request(body, content_type == b"text/csv", model.signature, method,
+                                         ctx.config.max_elements)
+        handlers.check_output(model, request.output)
+        return None, request.tensors, request.output
+
+    def error(self, exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
+        """MLflow's error shape (``error_code``, ``message``) plus nbdeploy's ``error``."""
+        status, _, extra = error_body(exc)
+        code = MLFLOW_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+        return status, orjson.dumps({"error_code": code, "message": exc.message, "error": exc.message}), extra
+
+    def encode(self, model, request_id, decoded, results):  # type: ignore[no-untyped-def]
+        return encode_predictions(results[decoded]), b"application/json", None
+
+
+def check_json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise InvalidInput(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc

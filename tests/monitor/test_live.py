@@ -1,0 +1,229 @@
+"""monitor/live.py: snapshots of a model from a real log file, as the widget and /metrics use them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbdeploy.monitor import AlertThresholds, reference_profile
+from nbdeploy.monitor.live import Monitor, percentile_ms
+from nbdeploy.serve.events import PredictionEvent
+from nbdeploy.store import Store
+from nbdeploy.store.log import LATENCY_EDGES_MS, N_LATENCY, PredictionLog
+
+RNG = np.random.default_rng(0)
+TRAIN = pd.DataFrame({"x": RNG.normal(0, 1, 500), "colour": RNG.choice(["red", "blue"], 500)})
+PROFILE = reference_profile(TRAIN)
+
+
+def classify(log: PredictionLog, n: int, *, start: float, shift: float = 0.0, colour: str | None = None,
+             prefix: str = "p", version: int = 1, errors_every: int = 0, latency: float = 2.0) -> list[str]:
+    ids = []
+    for i in range(n):
+        x = float(RNG.normal(shift, 1))
+        c = colour or str(RNG.choice(["red", "blue"]))
+        status = 500 if errors_every and i % errors_every == 0 else 200
+        label = int(x > 0)
+        outputs = {} if status != 200 else {"label": np.array([label]),
+                                            "probabilities": np.array([[1 - 0.8 * label, 0.2 + 0.6 * label]])}
+        log.put(PredictionEvent(id=f"{prefix}{i}", ts=start + i * 0.1, model="m", version=version,
+                                inputs={"x": np.array([x]), "colour": np.array([c], dtype=object)},
+                                outputs=outputs, latency_ms=latency, status=status,
+                                error=None if status == 200 else "boom"))
+        ids.append(f"{prefix}{i}")
+    log.flush()
+    return ids
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    log = PredictionLog(tmp_path, profiles=lambda m, v: PROFILE, start=False)
+    yield log
+    log.close()
+
+
+def monitor(home: Path, **kw) -> Monitor:
+    options = {"version": 1, "task": "classification", "profile": PROFILE, "baseline": {"accuracy": 0.9},
+               "classes": [0, 1], **kw}
+    return Monitor(home, "m", **options)
+
+
+def test_an_empty_store_gives_an_empty_ok_snapshot(tmp_path: Path) -> None:
+    snap = Monitor(tmp_path, "m").snapshot()
+    assert snap["traffic"]["requests"] == 0 and snap["traffic"]["request_rate"] == 0.0
+    assert snap["alert"]["level"] == "OK" and "nothing logged yet" in snap["notes"]
+    assert not (tmp_path / "log.db").exists()  # reading never creates the log
+    json.dumps(snap, allow_nan=False)
+
+
+def test_traffic_rate_errors_and_latency(tmp_path: Path, log: PredictionLog) -> None:
+    now = time.time()
+    classify(log, 600, start=now - 60, errors_every=10, latency=3.0)  # 10 requests/s for 60 s
+    snap = monitor(tmp_path).snapshot(now=now)
+    traffic = snap["traffic"]
+    assert traffic["requests"] == 600 and traffic["errors"] == 60 and traffic["server_errors"] == 60
+    assert traffic["error_rate"] == pytest.approx(0.1)
+    assert 8 <= traffic["request_rate"] <= 12
+    assert traffic["p50_ms"] == pytest.approx(3.0, rel=0.15) and traffic["p99_ms"] == pytest.approx(3.0, rel=0.15)
+    assert traffic["mean_ms"] == pytest.approx(3.0)
+    series = snap["series"]
+    assert sum(series["requests"]) == 600 and len(series["t"]) == len(series["rate"]) <= 60
+    assert snap["alert"]["components"]["errors"] == "ALERT"
+    json.dumps(snap, allow_nan=False)
+
+
+def test_percentiles_from_a_histogram() -> None:
+    values = RNG.lognormal(1, 1, 10_000)
+    hist = np.bincount(np.searchsorted(LATENCY_EDGES_MS, values, side="right"), minlength=N_LATENCY)
+    for q in (0.5, 0.99):
+        assert percentile_ms(hist, q) == pytest.approx(np.quantile(values, q), rel=0.08)
+    assert percentile_ms(np.zeros(N_LATENCY), 0.5) is None
+
+
+def test_quality_by_count_and_time_against_the_baseline(tmp_path: Path, log: PredictionLog) -> None:
+    now = time.time()
+    ids = classify(log, 400, start=now - 100)
+    # labels: the first 200 agree with the prediction, the last 200 are flipped half the time
+    feedback = []
+    for i, ident in enumerate(ids):
+        predicted = log_label(log, ident)
+        wrong = i >= 200 and i % 2 == 0
+        feedback.append({"id": ident, "label": 1 - predicted if wrong else predicted})
+    assert log.feedback("m", feedback)["accepted"] == 400
+    snap = monitor(tmp_path, count_window=100).snapshot(now=now)
+    quality = snap["quality"]
+    assert quality["current"]["n"] == 100 and quality["current"]["accuracy"] == pytest.approx(0.5)
+    assert quality["current"]["roc_auc"] is not None
+    assert [w["accuracy"] for w in quality["by_count"]] == pytest.approx([1.0, 1.0, 0.5, 0.5])
+    assert snap["labels"]["labelled"] == 400 and snap["labels"]["coverage"] == 1.0
+    assert snap["labels"]["delay"]["n"] == 400 and snap["labels"]["delay"]["median"] > 0
+    accuracy = [a for a in snap["series"]["accuracy"] if a is not None]
+    assert accuracy[0] == 1.0 and min(accuracy) < 0.9
+    assert snap["alert"]["level"] == "ALERT" and snap["alert"]["components"]["quality"] == "ALERT"
+    assert any("accuracy 0.500 vs baseline 0.900" in r for r in snap["alert"]["reasons"])
+
+
+def log_label(log: PredictionLog, ident: str) -> int:
+    import sqlite3
+
+    return sqlite3.connect(log.path).execute("SELECT label FROM predictions WHERE id = ?", (ident,)).fetchone()[0]
+
+
+def test_regression_quality(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, start=False)
+    now = time.time()
+    for i in range(50):
+        log.put(PredictionEvent(id=f"r{i}", ts=now - 50 + i, model="m", version=1, inputs={"input": np.ones((1, 2))},
+                                outputs={"label": np.array([[10.0 + i]])}, latency_ms=1, status=200, error=None))
+    log.flush()
+    log.feedback("m", [{"id": f"r{i}", "label": 10.0 + i + (2 if i % 2 else -2)} for i in range(50)])
+    snap = Monitor(tmp_path, "m", baseline={"rmse": 1.0}).snapshot(now=now)
+    assert snap["task"] == "regression" and snap["version"] == 1  # guessed from the log
+    assert snap["quality"]["current"]["rmse"] == pytest.approx(2.0)
+    assert snap["quality"]["current"]["mae"] == pytest.approx(2.0)
+    assert set(r for r in snap["series"]["rmse"] if r is not None) == {2.0}
+    assert snap["alert"]["components"]["quality"] == "ALERT"
+    assert "no reference profile" in snap["notes"][0]
+    log.close()
+
+
+def test_drift_out_of_range_and_unseen_inputs(tmp_path: Path, log: PredictionLog) -> None:
+    now = time.time()
+    classify(log, 100, start=now - 30, shift=4.0, colour="green")
+    mon = monitor(tmp_path)
+    snap = mon.snapshot(now=now)
+    assert snap["drift"]["overall"] == "ALERT" and set(snap["drift"]["drifted_features"]) == {"x", "colour"}
+    assert snap["inputs"]["colour"]["unseen"] == 100
+    assert snap["inputs"]["x"]["out_of_range"] > 30 and snap["inputs"]["x"]["rate"] > 0.3
+    report = mon._drift
+    mon.snapshot(now=now)
+    assert mon._drift is report  # no new predictions: the drift report is reused
+    classify(log, 1, start=now, prefix="new")
+    mon.snapshot(now=now)
+    assert mon._drift is not report
+
+
+def test_dropped_events_show_in_the_snapshot(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, start=False, max_queue=5)
+    classify(log, 8, start=time.time())
+    snap = monitor(tmp_path).snapshot()
+    assert snap["traffic"]["dropped"] == 3 and sum(snap["series"]["dropped"]) == 3
+    log.close()
+
+
+def test_the_alert_callback_runs_when_the_level_changes(tmp_path: Path, log: PredictionLog) -> None:
+    calls = []
+    now = time.time()
+    classify(log, 50, start=now - 10, latency=1.0)
+    mon = monitor(tmp_path, thresholds=AlertThresholds(p99_latency_ms_warn=5, p99_latency_ms_alert=50),
+                  on_alert=lambda status, snap: calls.append(status["level"]))
+    mon.snapshot(now=now)
+    assert calls == []
+    classify(log, 400, start=now - 5, latency=20.0, prefix="slow")
+    mon.snapshot(now=now)
+    mon.snapshot(now=now)
+    assert calls == ["WARN"]
+
+    def broken(status: dict, snap: dict) -> None:
+        raise RuntimeError("no pager")
+
+    mon.on_alert, mon.level = broken, "OK"
+    assert "on_alert callback raised RuntimeError: no pager" in mon.snapshot(now=now)["notes"]
+
+
+def test_context_comes_from_the_store_production_version(tmp_path: Path, log: PredictionLog) -> None:
+    store = Store(tmp_path / "home")
+    for _ in range(2):
+        store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE,
+                                      "metrics": {"task": "classification", "metrics": {"accuracy": 0.99}}})
+    store.set_alias("m", "production", 2)
+    classify(log, 40, start=time.time() - 5, version=2)
+    snap = Monitor(tmp_path, "m", store=store).snapshot()
+    assert snap["version"] == 2 and snap["task"] == "classification"
+    assert snap["quality"]["baseline"] == {"accuracy": 0.99} and snap["drift"]["n"] == 40
+
+
+def test_snapshots_render_as_prometheus_gauges(tmp_path: Path, log: PredictionLog) -> None:
+    from nbdeploy.serve.monitoring import prometheus_lines
+
+    ids = classify(log, 60, start=time.time() - 10, shift=4.0, colour="green")
+    log.feedback("m", [{"id": i, "label": 0} for i in ids])
+    lines = prometheus_lines([monitor(tmp_path).snapshot()])
+    text = "\n".join(lines)
+    assert text.count("# TYPE nbdeploy_monitor_alert_level gauge") == 1
+    assert 'nbdeploy_monitor_alert_level{model="m",version="1"} 2' in lines
+    assert 'nbdeploy_monitor_baseline{model="m",version="1",metric="accuracy"} 0.9' in lines
+    assert 'nbdeploy_monitor_labelled{model="m",version="1"} 60' in lines
+    assert 'nbdeploy_monitor_inputs_unseen{model="m",version="1",feature="colour"} 60' in lines
+    assert 'nbdeploy_monitor_drift_level{model="m",version="1",feature="x"} 2' in lines
+    assert any(line.startswith('nbdeploy_monitor_quality{model="m",version="1",metric="accuracy"}') for line in lines)
+    assert prometheus_lines([]) == []
+
+
+def test_server_monitors_render_every_served_model(tmp_path: Path, log: PredictionLog) -> None:
+    from nbdeploy.serve.monitoring import ServerMonitors
+
+    store = Store(tmp_path)
+    store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE})
+    store.set_alias("m", "production", 1)
+    classify(log, 40, start=time.time() - 5)
+    monitors = ServerMonitors(store)
+    text = monitors.text(["m", "unknown"])
+    assert 'nbdeploy_monitor_alert_level{model="m",version="1"} 0' in text
+    assert 'nbdeploy_monitor_drift_level{model="m",version="1",feature="x"} 0' in text
+    assert monitors.text([]) == ""
+
+
+def test_server_monitors_leave_the_gauges_out_without_pandas(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from nbdeploy.serve.monitoring import ServerMonitors
+
+    monkeypatch.setitem(sys.modules, "nbdeploy.monitor.live", None)
+    monitors = ServerMonitors(Store(tmp_path))
+    assert monitors.text(["m"]) == "" and "need pandas" in monitors.unavailable

@@ -1,0 +1,151 @@
+"""Through the real server process: tritonclient with its defaults, a swap under load, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from serve_helpers import add_version, iris_inputs
+
+from nbdeploy.serve import process
+from nbdeploy.store import PRODUCTION, Store
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def server(tmp_path: Path, iris_onnx):
+    store = Store(tmp_path / "home")
+    add_version(store, "iris", iris_onnx)
+    record = process.ensure_server(store)
+    yield store, record
+    process.stop_server(store)
+
+
+def test_tritonclient_with_its_defaults(server, iris):
+    X, _, model = iris
+    _, record = server
+    client = triton.InferenceServerClient(url=f"{record.host}:{record.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("iris")
+    assert client.get_server_metadata()["name"] == "nbdeploy"
+    meta = client.get_model_metadata("iris")
+    inputs = []
+    for spec in meta["inputs"]:
+        arr = X[[spec["name"]]].to_numpy(np.float32)
+        inputs.append(triton.InferInput(spec["name"], list(arr.shape), spec["datatype"]))
+        inputs[-1].set_data_from_numpy(arr)  # binary tensor data: tritonclient's default
+    result = client.infer("iris", inputs, request_id="r-1")
+    assert result.get_response()["id"] == "r-1"
+    assert result.as_numpy("label").tolist() == model.predict(X).tolist()
+    np.testing.assert_allclose(result.as_numpy("probabilities"), model.predict_proba(X), atol=1e-5)
+    only = client.infer("iris", inputs, model_version="1", outputs=[triton.InferRequestedOutput("label")])
+    assert only.as_numpy("probabilities") is None and only.get_response()["model_version"] == "1"
+    client.close()
+
+
+def test_swap_under_constant_load_fails_no_request(server, iris, iris_onnx):
+    X, _, _ = iris
+    store, record = server
+    body = {"inputs": iris_inputs(X.head(2))}
+    stop = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def load() -> None:
+        with httpx.Client(base_url=record.url, timeout=10) as client:
+            while not stop.is_set():
+                resp = client.post("/v2/models/iris/infer", json=body)
+                seen.append((resp.status_code, resp.json().get("model_version", resp.text)))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(2):  # two swaps: a new version each time, production moved under load
+        time.sleep(0.3)
+        version = store.register("iris", *iris_onnx)
+        store.set_alias("iris", PRODUCTION, version)
+        process.wait_applied(store, store.generation(), timeout=30)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seen and all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
+    versions = [v for _, v in seen]
+    assert versions[0] == "1" and versions[-1] == "3" and set(versions) == {"1", "2", "3"}
+
+
+def _port(store: Store, proc: subprocess.Popen, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = store.server()
+        if record is not None and record.pid == proc.pid and record.applied >= 0:
+            return record.port
+        assert proc.poll() is None, "the server exited at start-up"
+        time.sleep(0.02)
+    raise AssertionError("the server did not start")
+
+
+def test_sigterm_drains_then_exits_cleanly(tmp_path: Path, iris_onnx, iris):
+    X, _, _ = iris
+    store = Store(tmp_path / "home")
+    add_version(store, "iris", iris_onnx)
+    env = {**os.environ, "NBDEPLOY_DRAIN_SECONDS": "0.6"}
+    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port = _port(store, proc)
+        body = httpx.Request("POST", f"http://127.0.0.1:{port}/v2/models/iris/infer",
+                             json={"inputs": iris_inputs(X.head(1))})
+        raw = (f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body.content)}\r\n\r\n").encode()
+        in_flight = socket.create_connection(("127.0.0.1", port))
+        in_flight.sendall(raw + body.content[:10])  # a request in flight: half its body sent
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.get("/v2/health/ready").status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            assert client.get("/v2/health/ready").status_code == 503  # readiness goes first
+            assert client.post("/v2/models/iris/infer", json={"inputs": iris_inputs(X.head(1))}).status_code == 200
+        in_flight.sendall(body.content[10:])
+        answer = in_flight.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        in_flight.close()
+        assert proc.wait(timeout=15) == 0
+        assert store.server() is None
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_non_loopback_bind_needs_the_token_which_is_never_logged(tmp_path: Path, iris_onnx):
+    store = Store(tmp_path / "home")
+    add_version(store, "iris", iris_onnx)
+    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0",
+                             "--host", "127.0.0.2", "--log-level", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        port = _port(store, proc)
+        token = (store.home / "server.token").read_text().strip()
+        base = f"http://127.0.0.2:{port}"
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{base}/v2").status_code == 401
+        assert httpx.get(f"{base}/v2", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=15)[0].decode()
+        assert "server.token" in output and token not in output
+        assert token not in (store.home / "server.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,230 @@
+"""store/log.py: the batched prediction writer, rollups, dropped events and durable feedback."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from nbdeploy.errors import InvalidInput
+from nbdeploy.monitor import reference_profile
+from nbdeploy.monitor.profile import category_key
+from nbdeploy.serve.events import PredictionEvent
+from nbdeploy.store.log import (
+    BUCKET_SECONDS,
+    N_LATENCY,
+    PredictionLog,
+    feedback_status,
+    label_key,
+    registry_profiles,
+    row_ids,
+)
+
+COLUMNS = ["a", "colour"]
+
+
+def event(i: int | str, *, n: int = 1, model: str = "m", version: int = 1, status: int = 200,
+          a: float = 1.0, colour: str = "red", ts: float | None = None, latency: float = 2.0) -> PredictionEvent:
+    inputs = {"a": np.full(n, a), "colour": np.array([colour] * n, dtype=object)}
+    outputs = {} if status != 200 else {
+        "label": np.arange(n) % 2, "probabilities": np.tile(np.array([[0.25, 0.75]], np.float32), (n, 1))}
+    return PredictionEvent(id=str(i), ts=time.time() if ts is None else ts, model=model, version=version,
+                           inputs=inputs, outputs=outputs, latency_ms=latency, status=status,
+                           error=None if status == 200 else "bad input")
+
+
+def db(log: PredictionLog) -> sqlite3.Connection:
+    return sqlite3.connect(log.path)
+
+
+def rollup(log: PredictionLog, column: str, model: str = "m") -> int:
+    return db(log).execute(f"SELECT COALESCE(SUM({column}), 0) FROM rollup WHERE model = ?", (model,)).fetchone()[0]
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    log = PredictionLog(tmp_path, start=False)
+    yield log
+    log.close()
+
+
+def test_predictions_are_logged_with_ids_inputs_outputs_and_status(log: PredictionLog) -> None:
+    log.put(event("r1"))
+    log.put(event("r2", n=3))
+    log.put(event("r3", status=400))
+    log.flush()
+    rows = db(log).execute("SELECT id, model, version, inputs, label, proba, latency_ms, status, error "
+                           "FROM predictions ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == ["r1", "r2:0", "r2:1", "r2:2", "r3"]
+    assert rows[0][1:] == ("m", 1, b'[1.0,"red"]', 0, b"[0.25,0.75]", 2.0, 200, None)
+    assert [r[4] for r in rows[1:4]] == [0, 1, 0]
+    assert rows[4][4:] == (None, None, 2.0, 400, "bad input")
+    names = db(log).execute("SELECT names FROM columns WHERE model = 'm'").fetchone()[0]
+    assert orjson.loads(names) == COLUMNS
+    assert (rollup(log, "requests"), rollup(log, "rows"), rollup(log, "errors")) == (3, 4, 1)
+    assert row_ids("x", 1) == ["x"] and row_ids("x", 2) == ["x:0", "x:1"]
+
+
+def test_array_inputs_become_positional_features_and_float32_stays_short(log: PredictionLog) -> None:
+    arr = np.array([[5.1, 3.5, 1.4]], np.float32)
+    log.put(PredictionEvent(id="a", ts=time.time(), model="arr", version=2, inputs={"input": arr},
+                            outputs={"label": np.array([1.5], np.float32)}, latency_ms=1, status=200, error=None))
+    log.flush()
+    row = db(log).execute("SELECT inputs, label FROM predictions WHERE id = 'a'").fetchone()
+    assert row == (b"[5.1,3.5,1.4]", 1.5)
+    names = db(log).execute("SELECT names FROM columns WHERE model = 'arr'").fetchone()[0]
+    assert orjson.loads(names) == ["x0", "x1", "x2"]
+
+
+def test_latency_histogram_and_buckets(log: PredictionLog) -> None:
+    ts = 1_000_000.0
+    for i, ms in enumerate([1.0, 2.0, 3.0, 250.0]):
+        log.put(event(i, ts=ts + i, latency=ms))
+    log.put(event("later", ts=ts + 3 * BUCKET_SECONDS))
+    log.flush()
+    rows = db(log).execute("SELECT bucket, requests, latency_sum, latency FROM rollup ORDER BY bucket").fetchall()
+    assert [r[0] for r in rows] == [int(ts // BUCKET_SECONDS), int(ts // BUCKET_SECONDS) + 3]
+    assert rows[0][1:3] == (4, 256.0)
+    hist = np.frombuffer(rows[0][3], np.int64)
+    assert len(hist) == N_LATENCY and hist.sum() == 4
+
+
+def test_a_full_queue_drops_and_counts_and_the_count_is_persisted(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, start=False, max_queue=3)
+    for i in range(5):
+        log.put(event(i))
+    assert log.dropped == 2
+    log.flush()
+    assert db(log).execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 3
+    assert rollup(log, "dropped") == 2  # the monitor in another process sees the loss too
+    log.close()
+
+
+def test_put_never_raises_and_bad_events_are_counted(log: PredictionLog) -> None:
+    log.put(None)  # type: ignore[arg-type]
+    ragged = event("ragged")
+    ragged.inputs["a"] = np.array([1.0, 2.0])  # two values, one label
+    log.put(ragged)
+    log.put(event("ok"))
+    log.flush()
+    assert log.dropped == 2
+    assert db(log).execute("SELECT id FROM predictions").fetchall() == [("ok",)]
+
+
+def test_put_after_close_counts_a_drop(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path)
+    log.put(event("before"))
+    log.close()  # commits what was queued
+    log.put(event("after"))
+    assert log.dropped == 1
+    assert db(log).execute("SELECT id FROM predictions").fetchall() == [("before",)]
+
+
+def test_duplicate_ids_are_logged_once_and_counted(log: PredictionLog) -> None:
+    log.put(event("same"))
+    log.put(event("same", a=2.0))
+    log.flush()
+    assert log.duplicates == 1
+    assert db(log).execute("SELECT inputs FROM predictions").fetchall() == [(b'[1.0,"red"]',)]
+
+
+def test_writer_thread_commits_within_its_interval(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, interval=0.02)
+    log.put(event("t"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not db(log).execute("SELECT 1 FROM predictions").fetchone():
+        time.sleep(0.01)
+    assert db(log).execute("SELECT id FROM predictions").fetchall() == [("t",)]
+    log.close()
+
+
+def test_out_of_range_missing_and_unseen_inputs_are_counted_per_feature(tmp_path: Path) -> None:
+    train = pd.DataFrame({"a": [0.0, 1.0, 2.0] * 10, "colour": ["red", "blue", "red"] * 10})
+    profile = reference_profile(train)
+    log = PredictionLog(tmp_path, profiles=lambda m, v: profile, start=False)
+    for i, (a, colour) in enumerate([(1.0, "red"), (5.0, "blue"), (-1.0, "green"), (float("nan"), "red")]):
+        log.put(event(i, a=a, colour=colour))
+    log.flush()
+    rows = db(log).execute("SELECT feature, n, missing, out_of_range, unseen FROM feature_rollup "
+                           "ORDER BY feature").fetchall()
+    assert rows == [("a", 4, 1, 2, 0), ("colour", 4, 0, 0, 1)]
+    log.close()
+
+
+def test_registry_profiles_read_model_json(tmp_path: Path) -> None:
+    from nbdeploy.store import Store
+
+    store = Store(tmp_path / "home")
+    store.register("m", b"onnx", {"profile": {"columns": {}}})
+    assert registry_profiles(store)("m", 1) == {"columns": {}}
+
+
+@pytest.mark.parametrize("value", [1, 1.0, "1", True, False, 2.5, "setosa", np.int64(3), np.float32(2.0)])
+def test_label_keys_match_the_profile_category_keys(value: object) -> None:
+    assert label_key(value) == category_key(value)
+    assert label_key(None) is None and label_key(float("nan")) is None
+
+
+# -- feedback ----------------------------------------------------------------------------
+def test_feedback_records_labels_and_updates_rollups(log: PredictionLog) -> None:
+    for i in range(3):
+        log.put(event(f"p{i}"))  # predicted label 0
+    log.flush()
+    result = log.feedback("m", [{"id": "p0", "label": 0}, {"id": "p1", "label": "1"}])
+    assert result == {"accepted": 2, "updated": 0, "unchanged": 0, "errors": []}
+    assert feedback_status(result) == 200
+    assert (rollup(log, "labelled"), rollup(log, "correct")) == (2, 1)
+    assert rollup(log, "err_n") == 1  # "1" is not a number: only p0 has a numeric error
+
+
+def test_feedback_is_idempotent_and_a_new_label_replaces_the_old(log: PredictionLog) -> None:
+    log.put(event("p"))
+    log.flush()
+    log.feedback("m", {"id": "p", "label": 0})
+    assert log.feedback("m", {"id": "p", "label": 0.0}) == {"accepted": 1, "updated": 0, "unchanged": 1,
+                                                           "errors": []}
+    assert log.feedback("m", {"id": "p", "label": 1})["updated"] == 1
+    assert (rollup(log, "labelled"), rollup(log, "correct"), rollup(log, "sq_err")) == (1, 0, 1.0)
+    assert db(log).execute("SELECT label, updates FROM feedback WHERE id = 'p'").fetchone() == (1, 1)
+
+
+def test_feedback_errors_are_per_item(log: PredictionLog) -> None:
+    log.put(event("p"))
+    log.put(event("multi", n=2))
+    log.put(event("failed", status=400))
+    log.put(event("other", model="other"))
+    log.flush()
+    result = log.feedback("m", [
+        {"id": "p", "label": 1}, {"id": "nope", "label": 1}, {"id": "multi", "label": 1},
+        {"id": "failed", "label": 1}, {"id": "other", "label": 1}, {"id": "p", "label": None},
+        {"label": 1}, "text", {"id": "p", "label": float("inf")}, {"id": "p", "label": [1]}])
+    assert result["accepted"] == 1
+    errors = {e["index"]: (e["status"], e["error"]) for e in result["errors"]}
+    assert errors[1][0] == 404 and "no logged prediction with id 'nope'" in errors[1][1]
+    assert errors[2][0] == 404 and "'multi:0'" in errors[2][1]
+    assert errors[3][0] == 400 and "failed request" in errors[3][1]
+    assert errors[4][0] == 404 and "model 'other'" in errors[4][1]
+    assert {errors[i][0] for i in (5, 6, 7, 8, 9)} == {400}
+    assert feedback_status(result) == 207
+    assert feedback_status(log.feedback("m", [{"id": "x", "label": 1}])) == 404
+    assert feedback_status(log.feedback("m", [{"id": "x", "label": 1}, {"id": "p"}])) == 400
+
+
+@pytest.mark.parametrize("payload", [[], "x", 3, None])
+def test_a_payload_that_is_not_feedback_is_refused(log: PredictionLog, payload: object) -> None:
+    with pytest.raises(InvalidInput, match="non-empty list"):
+        log.feedback("m", payload)
+
+
+def test_a_label_may_overtake_its_prediction_in_the_queue(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, interval=30)  # the writer would not commit for 30 s on its own
+    log.put(event("queued"))
+    started = time.monotonic()
+    assert log.feedback("m", {"id": "queued", "label": 0})["accepted"] == 1
+    assert time.monotonic() - started < 5
+    log.close()
