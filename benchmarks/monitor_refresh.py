@@ -41,7 +41,7 @@ def fill(home: str, n: int, now: float) -> dict:
     names = list(X.columns)
     base = X.to_numpy()
     start = now - n / RATE
-    t0 = time.perf_counter()
+    write_s = 0.0
     for lo in range(0, n, BATCH):
         idx = np.arange(lo, min(lo + BATCH, n))
         rows = base[rng.integers(0, len(base), len(idx))] + rng.normal(0, 0.05, (len(idx), 4))
@@ -54,8 +54,9 @@ def fill(home: str, n: int, now: float) -> dict:
                                   latency_ms=float(rng.lognormal(0.3, 0.4)), status=200 if i % 500 else 500,
                                   error=None if i % 500 else "boom")
                   for j, i in enumerate(idx)]
+        t0 = time.perf_counter()
         log.write(events)
-    write_s = time.perf_counter() - t0
+        write_s += time.perf_counter() - t0
     labelled = [i for i in range(n) if i % 10 == 3 and i % 500]
     t0 = time.perf_counter()
     for lo in range(0, len(labelled), 5_000):
@@ -107,7 +108,7 @@ def main(n: int = 1_000_000) -> None:
         widget.stop()
         monitor.close()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.platform()}")
+          f"{platform.platform()}; load average {os.getloadavg()[0]:.1f} (other work on the machine)")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ from mlflow.models import infer_signature
 model, columns = pickle.load(open(sys.argv[1], "rb"))
 width = int(sys.argv[3])
 X = pd.DataFrame(np.zeros((2, width)), columns=columns) if columns else np.zeros((2, width), np.float32)
-mlflow.sklearn.save_model(model, sys.argv[2], signature=infer_signature(X, model.predict(X)))
+mlflow.sklearn.save_model(model, sys.argv[2], signature=infer_signature(X, model.predict(X)),
+                          serialization_format="cloudpickle")  # its skops default refuses tree models
 '''
 
 

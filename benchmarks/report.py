@@ -92,7 +92,7 @@ def profile_nbdeploy(server: harness.Server, work: Path, wrk_bin: str, body: Pat
     out = work / "profile.txt"
     try:
         sampler = subprocess.Popen([spy, "record", "--pid", str(server.proc.pid), "--duration", str(seconds),
-                                    "--rate", "250", "--format", "raw", "--output", str(out), "--threads",
+                                    "--rate", "250", "--format", "raw", "--output", str(out), "--threads", "--gil",
                                     "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)

@@ -18,12 +18,13 @@ _LAZY = {
     "NbdeployError": "nbdeploy.errors",
     "deploy": "nbdeploy.api",
     "deployments": "nbdeploy.api",
-    "evaluate": "nbdeploy.evaluate",
+    "evaluate": "nbdeploy.evaluation",
     "export": "nbdeploy.exporters",
     "get": "nbdeploy.api",
     "load": "nbdeploy.library",
     "models": "nbdeploy.api",
     "promote": "nbdeploy.api",
+    "retrain": "nbdeploy.retraining",
     "rollback": "nbdeploy.api",
     "shutdown": "nbdeploy.api",
     "train": "nbdeploy.api",
@@ -43,6 +44,7 @@ __all__ = [
     "load_ipython_extension",
     "models",
     "promote",
+    "retrain",
     "rollback",
     "shutdown",
     "train",
@@ -52,10 +54,11 @@ if TYPE_CHECKING:
     from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shutdown, train
     from nbdeploy.deployment import Deployment
     from nbdeploy.errors import NbdeployError
-    from nbdeploy.evaluate import evaluate
+    from nbdeploy.evaluation import evaluate
     from nbdeploy.exporters import export
     from nbdeploy.library import load
     from nbdeploy.promotion import GateRefused
+    from nbdeploy.retraining import retrain
 
 
 def __getattr__(name: str) -> Any:

@@ -8,20 +8,22 @@ from __future__ import annotations
 import platform
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nbdeploy import client
+from nbdeploy.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_bytes, rows_json
 from nbdeploy.convert import Converted
 from nbdeploy.deployment import Deployment
 from nbdeploy.errors import ConversionError, InvalidInput, NbdeployError
-from nbdeploy.evaluate import EvaluationResult, TrainResult, evaluate
-from nbdeploy.evaluate import train as _train
+from nbdeploy.evaluation import EvaluationResult, GateDecision, TrainResult, evaluate
+from nbdeploy.evaluation import train as _train
 from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
 from nbdeploy.monitor import reference_profile
 from nbdeploy.predictor import OnnxPredictor
-from nbdeploy.promotion import HOLDOUT_FILE, GateRefused, holdout_bytes, judge
+from nbdeploy.promotion import GateRefused, judge
 from nbdeploy.promotion import evaluate_stored as evaluate_version
 from nbdeploy.promotion import promote as _promote
 from nbdeploy.promotion import rollback as _rollback
@@ -44,11 +46,52 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
     recorded by :func:`train` for this model); ``X`` alone is used for the fidelity check only.
     A refused version stays registered and :class:`GateRefused` is raised. Returns once the
     server answers with the new version.
+
+    Every deploy first checks that the ONNX model predicts what ``model`` predicts on the held-out
+    ``X`` (else the sample): labels agree on at least ``min_agreement`` of the rows and probabilities
+    (regression: values, relative to ``max(|y|, 1)``) differ by at most ``max_diff``. Double precision
+    is used by itself when only it passes; when no conversion passes, :class:`FidelityRefused` is
+    raised and nothing is stored, unless ``force``.
     """
     started = time.perf_counter()
+    store = Store(home)
+    candidate = register(model, sample, name, test=test, store=store, force=force, min_score=min_score,
+                         tolerance=tolerance, min_agreement=min_agreement, max_diff=max_diff)
+    if candidate.refused:
+        assert candidate.decision is not None
+        raise GateRefused(name, candidate.version, candidate.decision)
+    converted_at = time.perf_counter()
+    store.set_alias(name, PRODUCTION, candidate.version)
+    store.set_serving(name, True)
+    _serve(store, port)
+    _check_loaded(store, name, candidate.version)
+    done = time.perf_counter()
+    timings = {"convert_s": converted_at - started, "serve_s": done - converted_at, "total_s": done - started}
+    return Deployment(name=name, home=str(store.home), fidelity=candidate.fidelity, timings=timings,
+                      gate=candidate.decision)
+
+
+@dataclass
+class Candidate:
+    """A version just registered: its number, fidelity and (with labelled data) the gate's decision."""
+
+    version: int
+    fidelity: FidelityReport
+    decision: GateDecision | None
+    refused: bool
+
+
+def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Store, force: bool = False,
+             min_score: float | None = None, tolerance: float = 0.0, min_agreement: float = MIN_AGREEMENT,
+             max_diff: float = MAX_DIFF, train_data: tuple[Any, Any] | None = None) -> Candidate:
+    """Convert, check fidelity, judge against production when there is labelled held-out data, store.
+
+    Nothing is served or promoted here. Kept beside the ONNX file: the held-out rows, the
+    training rows (when known) and the estimator itself in skops format, so a later kernel can
+    retrain it; the server never reads those.
+    """
     check_name(name)
     check_fitted(model)
-    store = Store(home)
     run = _RUNS.get(model)
     holdout = _holdout(test, run)
     X_check = holdout[0] if holdout else (test if test is not None else sample)
@@ -59,34 +102,31 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
             f"the ONNX model does not predict what the scikit-learn model predicts: {fidelity.summary()}; "
             f"rows that disagree: {fidelity.disagreeing_rows[:5]}. Use force=True (--force) to deploy anyway"
         )
-    converted_at = time.perf_counter()
+    train_data = train_data or ((run[1].X_train, run[1].y_train) if run else None)
     meta = version_meta(converted, fidelity, sample)
-    meta["profile"] = reference_profile(run[1].X_train if run else sample)
+    meta["profile"] = reference_profile(train_data[0] if train_data else sample)
     meta["run_id"] = run[0] if run else None
-    files: dict[str, bytes] = {}
+    files = {ESTIMATOR_FILE: estimator_bytes(model)}
+    if train_data is not None:
+        files[TRAIN_FILE] = rows_json(*train_data)
     decision = None
     if holdout is not None:
         X_h, y_h = holdout
-        candidate = evaluate(OnnxPredictor(converted.onnx_bytes, {**meta, "name": name}), X_h, y_h,
-                             name=f"{name} (candidate)")
-        decision = judge(store, name, candidate, X_h, y_h, min_score=min_score, tolerance=tolerance)
-        meta.update(gated=True, metrics=candidate.to_dict(), gate=decision.to_dict())
-        files[HOLDOUT_FILE] = holdout_bytes(X_h, y_h)
+        scored = evaluate(OnnxPredictor(converted.onnx_bytes, {**meta, "name": name}), X_h, y_h,
+                          name=f"{name} (candidate)")
+        decision = judge(store, name, scored, X_h, y_h, min_score=min_score, tolerance=tolerance)
+        meta.update(gated=True, metrics=scored.to_dict(), gate=decision.to_dict())
+        files[HOLDOUT_FILE] = rows_json(X_h, y_h)
     refused = decision is not None and not decision.passed and not force
     version = store.register(name, converted.onnx_bytes, meta, status="refused" if refused else "registered",
                              files=files)
-    if refused:
-        assert decision is not None
-        raise GateRefused(name, version, decision)
-    store.set_alias(name, PRODUCTION, version)
-    store.set_serving(name, True)
-    _serve(store, port)
+    return Candidate(version, fidelity, decision, refused)
+
+
+def _check_loaded(store: Store, name: str, version: int) -> None:
     state, error = store.served().get((name, version), ("missing", "the server did not load it"))
     if state != "ready":
         raise NbdeployError(f"the server could not load {name!r} version {version}: {error}", 500)
-    done = time.perf_counter()
-    timings = {"convert_s": converted_at - started, "serve_s": done - converted_at, "total_s": done - started}
-    return Deployment(name=name, home=str(store.home), fidelity=fidelity, timings=timings, gate=decision)
 
 
 def _serve(store: Store, port: int | None = None) -> None:

@@ -7,6 +7,7 @@ skl2onnx the first time a model is converted, and only for the libraries that ar
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 _done = False
 
@@ -45,7 +46,24 @@ def register_boosters() -> None:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from xgboost import XGBClassifier, XGBRegressor
 
+        convert = _without_feature_names(convert_xgboost)
         update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
-                                    convert_xgboost, options=classifier_options)
+                                    convert, options=classifier_options)
         update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes,
-                                    convert_xgboost)
+                                    convert)
+
+
+def _without_feature_names(convert: Any) -> Any:
+    """onnxmltools reads XGBoost's tree dump, which names features after the DataFrame's columns when the
+    model was fitted on one, and accepts only ``f0, f1, ...``: convert with the names hidden for a moment."""
+
+    def converter(scope: Any, operator: Any, container: Any) -> None:
+        booster = operator.raw_operator.get_booster()
+        names = booster.feature_names
+        booster.feature_names = None
+        try:
+            convert(scope, operator, container)
+        finally:
+            booster.feature_names = names
+
+    return converter

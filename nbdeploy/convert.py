@@ -11,7 +11,6 @@ expect) or ``FP64`` (what scikit-learn computes in; see :mod:`nbdeploy.precision
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,13 +116,11 @@ def _convert(model: Any, initial_types: list[tuple[str, Any]], precision: str) -
     from skl2onnx import convert_sklearn
 
     from nbdeploy.converters import custom_converters
-    from nbdeploy.precision import cast_float_kernels
+    from nbdeploy.precision import cast_float_kernels, exact_double_thresholds
 
     converters, shapes = custom_converters(precision)
     try:
-        with warnings.catch_warnings():
-            # skl2onnx warns about opsets and ZipMap internals that do not concern the user
-            warnings.simplefilter("ignore")
+        with exact_double_thresholds():
             proto = convert_sklearn(model, initial_types=initial_types, options=steps.classifier_options(model),
                                     target_opset=target_opset(), custom_conversion_functions=converters,
                                     custom_shape_calculators=shapes)
@@ -131,7 +128,7 @@ def _convert(model: Any, initial_types: list[tuple[str, Any]], precision: str) -
         raise ConversionError(explain(model, exc, precision)) from exc
     if precision == "FP64":
         cast_float_kernels(proto)
-    graph.portable_locale(proto)
+    graph.portable_text(proto)
     return proto
 
 
@@ -150,8 +147,8 @@ def explain(model: Any, exc: BaseException, precision: str = "FP32") -> str:
     where = steps.failing_step(model, exc)
     mode = " in double precision" if precision == "FP64" else ""
     if where is not None:
-        return (f"cannot convert {steps.describe(*where)} to ONNX{mode} ({detail}); replace that step with one "
-                "from the supported list (docs/supported-models.md) or change the option skl2onnx names")
+        return (f"cannot convert {steps.describe(*where)} to ONNX{mode} ({detail}); change that step's options "
+                "or replace it with a step from docs/supported-models.md")
     return (f"cannot convert {type(model).__name__} to ONNX{mode}: {detail}. Check the model against "
             "docs/supported-models.md, or simplify the pipeline to find the step that fails")
 

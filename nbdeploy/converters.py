@@ -6,6 +6,7 @@
   the missing value (a category of its own in encoders, the thing an imputer replaces).
 * ``OrdinalEncoder``: scikit-learn encodes a missing value as ``encoded_missing_value`` (NaN by
   default, which HistGradientBoosting handles natively); skl2onnx gives it a category index.
+* Trees: see :mod:`nbdeploy.trees`.
 * Double precision: ONNX Runtime has no double ``Imputer`` kernel, so a double-precision imputer is
   built from ``IsNaN``/``Equal`` + ``Where`` with the statistics kept in double.
 """
@@ -41,12 +42,30 @@ def custom_converters(precision: str) -> tuple[dict[type, Converter], dict[type,
             kind = Int64TensorType
         operator.outputs[0].type = kind([n, width])
 
-    converters: dict[type, Converter] = {SimpleImputer: _imputer, OneHotEncoder: _one_hot, OrdinalEncoder: _ordinal}
-    if precision == "FP64":
-        from nbdeploy.precision import double_tree_converters
+    from sklearn.svm import SVC, NuSVC
 
-        converters.update(double_tree_converters())
-    return converters, {OrdinalEncoder: ordinal_shape}
+    from nbdeploy.trees import tree_converters
+
+    converters: dict[type, Converter] = {SimpleImputer: _imputer, OneHotEncoder: _one_hot, OrdinalEncoder: _ordinal,
+                                         SVC: _svc, NuSVC: _svc, **tree_converters()}
+    return {cls: _own_operator_only(fn) for cls, fn in converters.items()}, {OrdinalEncoder: ordinal_shape}
+
+
+def _own_operator_only(convert: Converter) -> Converter:
+    """skl2onnx looks custom converters up by the raw estimator's type, also for helper operators a
+    converter declares on the same estimator (SVC's ``SklearnOVRDecisionFunction``): those keep
+    their registered converter."""
+
+    def converter(scope: Any, operator: Any, container: Any) -> None:
+        from skl2onnx._supported_operators import sklearn_operator_name_map
+        from skl2onnx.common._registration import get_converter
+
+        if operator.type != sklearn_operator_name_map.get(type(operator.raw_operator)):
+            get_converter(operator.type)(scope, operator, container)
+        else:
+            convert(scope, operator, container)
+
+    return converter
 
 
 def is_missing(value: Any) -> bool:
@@ -84,6 +103,18 @@ def _one_hot(scope: Any, operator: Any, container: Any) -> None:
     patched.categories_ = [with_sentinel(c) for c in op.categories_]
     with _swapped(operator, patched):
         convert_sklearn_one_hot_encoder(scope, operator, container)
+
+
+def _svc(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx reads ``probA_``/``probB_``, deprecated with ``probability=True`` in scikit-learn 1.9;
+    nbdeploy serves SVC without probabilities, so the warning does not concern the user."""
+    import warnings
+
+    from skl2onnx.operator_converters.support_vector_machines import convert_sklearn_svm_classifier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attribute `prob[AB]_` was deprecated", category=FutureWarning)
+        convert_sklearn_svm_classifier(scope, operator, container)
 
 
 def _imputer(scope: Any, operator: Any, container: Any) -> None:

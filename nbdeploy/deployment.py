@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +10,14 @@ import numpy as np
 
 from nbdeploy import client
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
-from nbdeploy.evaluate import GateDecision
+from nbdeploy.evaluation import GateDecision
 from nbdeploy.fidelity import FidelityReport
 from nbdeploy.serve import process
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store
+from nbdeploy.store.batch import row_ids
+
+FEEDBACK_CHUNK = 10_000  # labels per request, well under the body limit
 
 
 @dataclass
@@ -68,22 +72,80 @@ class Deployment:
             raise NotFound(f"model {self.name!r} has no production version")
         return self._store.version(self.name, version).meta
 
-    def _infer(self, X: Any, outputs: list[str]) -> dict[str, np.ndarray]:
+    def _infer(self, X: Any, outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
+        """The outputs, and the request id the answer carries (the log keeps the prediction under it)."""
         url = self.url
         if url is None:
             raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
-        payload = {"inputs": client.v2_inputs(self.signature, X), "outputs": [{"name": o} for o in outputs]}
-        return client.outputs_by_name(client.post_json(f"{url}/infer", payload))
+        payload = {"id": uuid.uuid4().hex, "inputs": client.v2_inputs(self.signature, X),
+                   "outputs": [{"name": o} for o in outputs]}
+        response = client.post_json(f"{url}/infer", payload)
+        return client.outputs_by_name(response), str(response.get("id") or payload["id"])
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint."""
-        return self._infer(X, ["label"])["label"]
+    def predict(self, X: Any, *, return_ids: bool = False) -> Any:
+        """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint.
+
+        With ``return_ids=True``, ``(labels, ids)``: one prediction id per row, for :meth:`feedback`.
+        """
+        outputs, request_id = self._infer(X, ["label"])
+        labels = outputs["label"]
+        return (labels, row_ids(request_id, len(labels))) if return_ids else labels
+
+    def feedback(self, ids: Any, y_true: Any) -> dict[str, Any]:
+        """Ground truth for earlier predictions (``ids`` from ``predict(..., return_ids=True)``).
+
+        The server answers once the labels are committed. Sending a label again is harmless; a
+        different label for an id replaces the earlier one. Raises when any label was not recorded
+        (the others were), saying which and why.
+        """
+        ids = [str(i) for i in np.asarray(ids, dtype=object).reshape(-1)]
+        labels = [v.item() if isinstance(v, np.generic) else v for v in np.asarray(y_true, dtype=object).reshape(-1)]
+        if len(ids) != len(labels):
+            raise InvalidInput(f"{len(ids)} ids but {len(labels)} labels")
+        url = self.url
+        if url is None:
+            raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
+        total: dict[str, Any] = {"accepted": 0, "updated": 0, "unchanged": 0, "errors": []}
+        for start in range(0, len(ids), FEEDBACK_CHUNK):
+            items = [{"id": i, "label": y} for i, y in zip(ids[start:start + FEEDBACK_CHUNK],
+                                                            labels[start:start + FEEDBACK_CHUNK], strict=True)]
+            result = client.post_json(f"{url}/feedback", items)
+            for key in ("accepted", "updated", "unchanged"):
+                total[key] += result[key]
+            total["errors"] += [{**e, "index": e["index"] + start} for e in result["errors"]]
+        if total["errors"]:
+            first = total["errors"][0]
+            raise NbdeployError(f"{len(total['errors'])} of {len(ids)} labels were not recorded (the others were): "
+                                f"id {first['id']!r}: {first['error']}", first["status"])
+        return total
+
+    def monitor(self, *, interval: float = 3.0, sidecar: bool = False, **options: Any) -> Any:
+        """The live monitor: status, traffic, latency, quality against the baseline, drift, charts.
+
+        Display it (it is the cell's result); ``.stop()`` or its Stop button ends the updates and
+        leaves a static view in the notebook. ``sidecar=True`` docks it in a JupyterLab side panel
+        (``pip install sidecar``). ``options`` go to :class:`nbdeploy.monitor.live.Monitor`
+        (``thresholds``, ``drift_thresholds``, ``on_alert`` callback, window sizes).
+        """
+        from nbdeploy.widgets.monitor import monitor_widget
+
+        store = self._store
+        store.require_model(self.name)
+        return monitor_widget(str(store.home), self.name, store=store, interval=interval, sidecar=sidecar,
+                              **options)
+
+    def health(self) -> dict[str, Any]:
+        """One monitor snapshot as a dict (what the widget and ``/metrics`` show)."""
+        from nbdeploy.monitor.live import Monitor
+
+        store = self._store
+        return Monitor(store.home, self.name, store=store).snapshot()
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes``, through the HTTP endpoint."""
         if self._meta().get("task") != "classification":
             raise InvalidInput(f"{self.name!r} is not a classifier: predict_proba needs class probabilities")
-        return self._infer(X, ["probabilities"])["probabilities"]
+        return self._infer(X, ["probabilities"])[0]["probabilities"]
 
     @property
     def classes(self) -> list[Any] | None:

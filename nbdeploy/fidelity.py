@@ -68,7 +68,8 @@ class FidelityReport:
         lines += [f"  {a}" for a in self.attempts]
         if self.worst_rows:
             lines.append("Worst rows (row: scikit-learn vs ONNX Runtime):")
-            lines += [f"  {r['row']}: {r['sklearn']} vs {r['onnx']} (diff {r['diff']:.3g})" for r in self.worst_rows]
+            lines += [f"  {r['row']}: {r['sklearn']} vs {r['onnx']}{_what_differs(r, self.task)}"
+                      for r in self.worst_rows]
         gate = ", ".join(f"{k}={v:g}" for k, v in self.thresholds.items())
         lines.append(f"What you can do: check these rows for values the model never saw in training; relax the gate "
                      f"if these differences are acceptable (now {gate}); or deploy anyway with force=True "
@@ -79,6 +80,14 @@ class FidelityReport:
         from nbdeploy.widgets.conversion import conversion_bundle
 
         return conversion_bundle(self.to_dict())
+
+
+class FidelityRefused(ConversionError):
+    """No conversion passed the fidelity gate; ``report`` holds the figures of the best one."""
+
+    def __init__(self, report: FidelityReport) -> None:
+        super().__init__(report.explain())
+        self.report = report
 
 
 def onnx_predictions(session: Any, signature: Signature, X: Any) -> dict[str, np.ndarray]:
@@ -130,8 +139,8 @@ def check(model: Any, session: Any, signature: Signature, task: str, X: Any, pre
         a, b = _item(want[i]), _item(have[i])
         if proba_want is not None:
             a, b = f"{a} (p={proba_want[i].max():.4g})", f"{b} (p={proba_have[i].max():.4g})"
-        rows.append(_row(labels[i], a, b, float(np.abs(proba_want[i] - proba_have[i]).max())
-                         if proba_want is not None else float(not same[i])))
+        diff = float(np.abs(proba_want[i] - proba_have[i]).max()) if proba_want is not None else 0.0
+        rows.append({**_row(labels[i], a, b, diff), "labels_differ": not bool(same[i])})
     thresholds = {"min_agreement": min_agreement}
     if task == "classification":
         thresholds["max_proba_diff"] = max_diff
@@ -144,7 +153,7 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
                      measure_latency: bool = True) -> tuple[Converted, FidelityReport]:
     """Convert in single precision; use double when only double passes; refuse when neither does.
 
-    Raises :class:`ConversionError` (before anything is stored) when no conversion passes the gate,
+    Raises :class:`FidelityRefused` (before anything is stored) when no conversion passes the gate,
     unless ``force``: then the best conversion is returned with ``report.forced`` set.
     """
     import onnxruntime as ort
@@ -158,16 +167,16 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
         except ConversionError as exc:
             if not tried:
                 raise
-            errors.append(f"{precision}: not convertible ({exc.message})")
+            errors.append(f"not convertible in {precision}: {exc.message}")
             break
-        session = ort.InferenceSession(converted.onnx_bytes, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(converted.onnx_bytes, _server_like_options(), providers=["CPUExecutionProvider"])
         report = check(model, session, converted.signature, converted.task, X_check, precision,
                        min_agreement, max_diff)
         tried.append((converted, report, session))
         if report.passed:
             break
     converted, report, session = min(tried, key=lambda t: (not t[1].passed, _badness(t[1])))
-    report.attempts = [f"{r.precision}: {r.summary()}" for _, r, _ in tried] + errors
+    report.attempts = [r.summary() for _, r, _ in tried] + errors
     if report.passed and report.precision == "FP64":
         report.note = (f"single precision failed the fidelity gate ({tried[0][1].figures()}); "
                        "double precision passed, so the model is served in double precision")
@@ -177,12 +186,23 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
     report.convert_seconds = sum(c.seconds for c, _, _ in tried)
     if not report.passed:
         if not force:
-            raise ConversionError(report.explain())
+            raise FidelityRefused(report)
         report.forced = True
         report.note = "no conversion passed the fidelity gate; deployed anyway (force) with these figures"
     if measure_latency:
         report.latency = latency(model, session, converted.signature, X_check, has_probabilities(model))
     return converted, report
+
+
+def _server_like_options() -> Any:
+    """One intra-op thread, as the server runs a model: float sums then add up in the same order, so
+    near-ties between classes (forests with an even number of trees) break the same way here and there."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return options
 
 
 def latency(model: Any, session: Any, signature: Signature, X: Any, proba: bool,
@@ -225,6 +245,13 @@ def _max(values: np.ndarray) -> float:
     if np.isnan(values).any():
         return float("inf")
     return float(values.max(initial=0.0))
+
+
+def _what_differs(row: dict[str, Any], task: str) -> str:
+    parts = ["labels differ"] if row.get("labels_differ") else []
+    if task != "clustering" and row["diff"]:
+        parts.append(f"{'relative ' if task == 'regression' else 'probability '}diff {row['diff']:.3g}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _item(v: Any) -> Any:

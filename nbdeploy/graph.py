@@ -103,16 +103,27 @@ def rename(model: Any, old: str, new: str) -> None:
                     seq[i] = new
 
 
-def portable_locale(model: Any) -> None:
-    """Lowercase text under ``C.UTF-8`` (present on every glibc system) instead of ``en_US.UTF-8``.
+def portable_text(model: Any) -> None:
+    """Make text nodes compute what Python does, on any machine.
 
-    skl2onnx's ``StringNormalizer`` asks for ``en_US``, which ONNX Runtime cannot load where that
-    locale is not installed; ``C.UTF-8`` lowercases Unicode the way Python's ``str.lower`` does.
+    * ``StringNormalizer``: lowercase under ``C.UTF-8`` (present on every glibc system) instead of
+      skl2onnx's ``en_US.UTF-8``, which ONNX Runtime cannot load where that locale is not installed;
+      ``C.UTF-8`` lowercases Unicode like ``str.lower``.
+    * ``Tokenizer``: skl2onnx turns scikit-learn's default ``(?u)\\b\\w\\w+\\b`` into the ASCII-only
+      ``[a-zA-Z0-9_]+``, which cuts "école" into "cole"; ``[\\p{L}\\p{N}_]+`` is Python's Unicode ``\\w``.
     """
     from onnx import helper
 
     for node in model.graph.node:
         if node.op_type == "StringNormalizer":
-            kept = [a for a in node.attribute if a.name != "locale"]
-            del node.attribute[:]
-            node.attribute.extend([*kept, helper.make_attribute("locale", "C.UTF-8")])
+            _set_attribute(node, helper.make_attribute("locale", "C.UTF-8"))
+        elif node.op_type == "Tokenizer":
+            expr = next((a.s for a in node.attribute if a.name == "tokenexp"), None)
+            if expr == b"[a-zA-Z0-9_]+":
+                _set_attribute(node, helper.make_attribute("tokenexp", r"[\p{L}\p{N}_]+"))
+
+
+def _set_attribute(node: Any, attribute: Any) -> None:
+    kept = [a for a in node.attribute if a.name != attribute.name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, attribute])

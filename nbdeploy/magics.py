@@ -18,7 +18,7 @@ from traitlets import Int, Unicode
 
 from nbdeploy import api
 from nbdeploy.errors import NbdeployError
-from nbdeploy.evaluate import evaluate
+from nbdeploy.evaluation import evaluate
 from nbdeploy.promotion import GateRefused
 from nbdeploy.store import Store
 
@@ -70,6 +70,18 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p = _Parser(prog="rollback", add_help=False, description="Serve the previous production version again.")
     p.add_argument("name", help="model name")
     parsers["rollback"] = p
+    p = _Parser(prog="retrain", add_help=False,
+                description="Fit a fresh clone of the production pipeline; judge it on recent labels.")
+    p.add_argument("name", help="model name")
+    p.add_argument("--data", nargs=2, metavar=("X", "Y"), help="training data (default: the rows production "
+                   "was trained on)")
+    p.add_argument("--with-feedback", action="store_true",
+                   help="also train on labelled production traffic (all but the most recent share)")
+    p.add_argument("--recent", type=float, default=0.3,
+                   help="share of the newest labelled traffic kept apart to judge the models (default 0.3)")
+    p.add_argument("--promote", action="store_true", help="promote the new version if it passes the gate")
+    _gate_options(p)
+    parsers["retrain"] = p
     p = _Parser(prog="list", add_help=False, description="Every model in the store: versions, aliases, status.")
     parsers["list"] = p
     p = _Parser(prog="stop", add_help=False, description="Stop serving a model (the server exits when idle).")
@@ -77,6 +89,13 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     parsers["stop"] = p
     p = _Parser(prog="shutdown", add_help=False, description="Stop the store's server process.")
     parsers["shutdown"] = p
+    p = _Parser(prog="monitor", add_help=False,
+                description="Live monitor of a served model: status, traffic, latency, quality, drift.")
+    p.add_argument("name", help="model name")
+    p.add_argument("--interval", type=float, default=3.0, help="seconds between refreshes")
+    p.add_argument("--sidecar", action="store_true", help="dock it in a JupyterLab side panel (pip install sidecar)")
+    p.add_argument("--stop", action="store_true", help="stop the live monitor of NAME, leaving its last state")
+    parsers["monitor"] = p
     p = _Parser(prog="export", add_help=False,
                 description="Write a stored version for another platform, with a README of the commands.")
     p.add_argument("name", help="model name")
@@ -93,7 +112,7 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="how much worse than production the candidate may score (default 0)")
 
 
-SUBCOMMANDS = ("train", "test", "promote", "rollback", "list", "stop", "shutdown", "export")
+SUBCOMMANDS = ("train", "test", "promote", "rollback", "retrain", "list", "stop", "shutdown", "export", "monitor")
 
 
 @magics_class
@@ -179,6 +198,14 @@ class DeployMagics(Magics):
         dep = api.rollback(args.name, home=self._home())
         print(f"{args.name!r}: production -> version {dep.version}")
 
+    def _retrain(self, args: argparse.Namespace) -> None:
+        from nbdeploy.retraining import retrain
+
+        data = tuple(self._lookup(v, "training data") for v in args.data) if args.data else None
+        display(retrain(args.name, data=data, with_feedback=args.with_feedback, promote=args.promote,
+                        recent=args.recent, min_score=args.min_score, tolerance=args.tolerance,
+                        home=self._home()))
+
     def _list(self, args: argparse.Namespace) -> None:
         display(api.models(home=self._home()))
 
@@ -194,6 +221,17 @@ class DeployMagics(Magics):
 
         path = export(args.name, args.to, args.directory, version=args.version, home=self._home())
         print(f"exported {args.name!r} ({args.to}) to {path}: see {path / 'README.md'}")
+
+    def _monitor(self, args: argparse.Namespace) -> None:
+        if args.stop:
+            from nbdeploy.widgets.monitor import stop_monitors
+
+            print(f"stopped the monitor of {args.name!r}" if stop_monitors(args.name)
+                  else f"no live monitor of {args.name!r} in this kernel")
+            return
+        if args.interval <= 0:
+            raise UsageError("%deploy monitor: --interval must be a positive number of seconds")
+        display(api.get(args.name, home=self._home()).monitor(interval=args.interval, sidecar=args.sidecar))
 
     # -- helpers -------------------------------------------------------------------------
     def _home(self) -> str | None:
@@ -221,6 +259,8 @@ def _usage(command: str, parser: argparse.ArgumentParser) -> str:
                 text = flag
             else:
                 metavar = action.metavar or action.dest.upper()
+                if isinstance(metavar, tuple):
+                    metavar = " ".join(metavar)
                 text = f"{flag} {metavar}" + (f" [{metavar}]" if action.nargs == "+" else "")
             parts.append(text if action.required else f"[{text}]")
     return " ".join(parts)

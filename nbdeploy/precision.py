@@ -5,8 +5,11 @@ skl2onnx builds a whole graph in double when its inputs are double, but
 * its tree converters store thresholds as float attributes (``ai.onnx.ml`` opset 1): a value one
   double-ulp above a threshold (a test value halfway between two training values, as
   HistGradientBoosting's midpoint thresholds are) rounds onto it in float and takes the other
-  branch. :func:`double_tree_converters` emits opset-3 trees with ``nodes_values_as_tensor`` in
-  double, which ONNX Runtime compares in double;
+  branch. The tree converters emit opset-3 trees with ``nodes_values_as_tensor`` in
+  double, which ONNX Runtime compares in double (see :mod:`nbdeploy.trees`);
+* scikit-learn's own trees (not HistGradientBoosting) compare ``float32(x) <= t``; in double the
+  graph compares ``x <= w`` with ``w`` the largest double for which both agree
+  (:func:`double_threshold`; skl2onnx's own search for it can loop forever);
 * ONNX Runtime's tree and SVM kernels output ``float`` (and ``SVMRegressor`` takes only ``float``):
   :func:`cast_float_kernels` casts their float outputs back to double for the rest of the graph,
   and the input of a kernel without double thresholds to float.
@@ -17,13 +20,11 @@ skl2onnx builds a whole graph in double when its inputs are double, but
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-
-TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
-_DOUBLE_ATTRS = ("nodes_values", "nodes_hitrates", "base_values", "class_weights", "target_weights")
 
 # ai.onnx.ml op -> indexes of its float-only outputs
 FLOAT_ONLY = {
@@ -83,58 +84,31 @@ def cast_float_kernels(model: Any) -> int:
     return changed
 
 
-class _DoubleTreeContainer:
-    """A skl2onnx container whose tree nodes carry their numbers as double tensors (opset 3)."""
-
-    def __init__(self, container: Any) -> None:
-        self._container = container
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._container, name)
-
-    def add_node(self, op_type: str, inputs: Any, outputs: Any, op_domain: str = "", op_version: Any = None,
-                 name: Any = None, **attrs: Any) -> Any:
-        from onnx import numpy_helper
-
-        if op_type in TREE_OPS and op_domain == "ai.onnx.ml":
-            for key in _DOUBLE_ATTRS:
-                value = attrs.get(key)
-                if value is not None:
-                    attrs.pop(key)
-                    attrs[f"{key}_as_tensor"] = numpy_helper.from_array(np.asarray(value, dtype=np.float64), key)
-            op_version = 3
-        return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
-                                        name=name, **attrs)
+def double_threshold(t: float) -> float:
+    """The largest double ``w`` with ``x <= w`` exactly when ``float32(x) <= t``, for every double ``x``."""
+    f = np.float32(t)
+    if np.float64(f) > t:
+        f = np.nextafter(f, np.float32(-np.inf))
+    up = np.nextafter(f, np.float32(np.inf))
+    mid = (np.float64(f) + np.float64(up)) / 2  # exact: halfway between two adjacent floats
+    ties_to_f = (np.array(f).view(np.uint32) & 1) == 0  # round-half-to-even keeps f at the midpoint
+    return float(mid if ties_to_f else np.nextafter(mid, -np.inf))
 
 
-def double_tree_converters() -> dict[type, Callable[[Any, Any, Any], None]]:
-    """skl2onnx tree converters, run so that thresholds and leaf values stay double."""
-    from skl2onnx.common.data_types import DoubleTensorType
-    from skl2onnx.operator_converters import decision_tree as dt
-    from skl2onnx.operator_converters import gradient_boosting as gb
-    from skl2onnx.operator_converters import random_forest as rf
-    from sklearn import ensemble, tree
+@contextmanager
+def exact_double_thresholds() -> Iterator[None]:
+    """During a double-precision conversion, skl2onnx adjusts tree thresholds with :func:`double_threshold`."""
+    from skl2onnx.common import tree_ensemble
 
-    originals = {
-        tree.DecisionTreeClassifier: dt.convert_sklearn_decision_tree_classifier,
-        tree.DecisionTreeRegressor: dt.convert_sklearn_decision_tree_regressor,
-        ensemble.RandomForestClassifier: rf.convert_sklearn_random_forest_classifier,
-        ensemble.ExtraTreesClassifier: rf.convert_sklearn_random_forest_classifier,
-        ensemble.HistGradientBoostingClassifier: rf.convert_sklearn_random_forest_classifier,
-        ensemble.RandomForestRegressor: rf.convert_sklearn_random_forest_regressor_converter,
-        ensemble.ExtraTreesRegressor: rf.convert_sklearn_random_forest_regressor_converter,
-        ensemble.HistGradientBoostingRegressor: rf.convert_sklearn_random_forest_regressor_converter,
-        ensemble.GradientBoostingClassifier: gb.convert_sklearn_gradient_boosting_classifier,
-        ensemble.GradientBoostingRegressor: gb.convert_sklearn_gradient_boosting_regressor,
-    }
+    original = tree_ensemble.sklearn_threshold
 
-    def wrap(convert: Callable[..., None]) -> Callable[[Any, Any, Any], None]:
-        def converter(scope: Any, operator: Any, container: Any) -> None:
-            if isinstance(operator.inputs[0].type, DoubleTensorType):
-                convert(scope, operator, _DoubleTreeContainer(container), op_version=3)
-            else:
-                convert(scope, operator, container)
+    def adjusted(dy: float, dtype: Any, mode: str) -> Any:
+        if dtype == np.float64 and mode == "BRANCH_LEQ":
+            return np.float64(double_threshold(float(dy)))
+        return original(dy, dtype, mode)
 
-        return converter
-
-    return {cls: wrap(fn) for cls, fn in originals.items()}
+    tree_ensemble.sklearn_threshold = adjusted
+    try:
+        yield
+    finally:
+        tree_ensemble.sklearn_threshold = original

@@ -48,7 +48,7 @@ class OnnxPredictor:
         self.version: int | None = meta.get("version")
         self.signature = Signature.from_dict(meta["signature"])
         self.task: str = meta.get("task", "regression")
-        self.nbdeploy_task = self.task  # lets nbdeploy.evaluate score it like an estimator
+        self.nbdeploy_task = self.task  # lets nbdeploy.evaluation score it like an estimator
         self.classes_ = np.asarray(meta.get("classes") or [])
         self.outputs: list[str] = [o.name for o in self.session.get_outputs()]
         self.sink = sink

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import orjson
-
+from nbdeploy.artifacts import HOLDOUT_FILE, read_rows
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.evaluate import EvaluationResult, GateDecision, compare, evaluate
+from nbdeploy.evaluation import EvaluationResult, GateDecision, compare, evaluate
 from nbdeploy.predictor import OnnxPredictor
 from nbdeploy.store import PRODUCTION, Store, VersionRecord
-
-HOLDOUT_FILE = "holdout.json"
-MAX_HOLDOUT_ROWS = 100_000
 
 
 class GateRefused(NbdeployError):
@@ -34,36 +29,6 @@ class GateRefused(NbdeployError):
 
     def _repr_html_(self) -> str:
         return f"<p><b>{self.message}</b></p>{self.decision._repr_html_()}"
-
-
-def holdout_bytes(X: Any, y: Any, seed: int = 0) -> bytes:
-    """Labelled held-out rows as JSON (never pickle), at most ``MAX_HOLDOUT_ROWS`` of them."""
-    import pandas as pd
-
-    y_arr = np.asarray(y)
-    n = len(y_arr)
-    rows = np.arange(n)
-    if n > MAX_HOLDOUT_ROWS:
-        rows = np.sort(np.random.default_rng(seed).choice(n, MAX_HOLDOUT_ROWS, replace=False))
-    if isinstance(X, pd.DataFrame):
-        part = X.iloc[rows]
-        data: dict[str, Any] = {"frame": True, "columns": {
-            str(c): part[c].astype(object).where(part[c].notna(), None).tolist() for c in part.columns}}
-    else:
-        data = {"frame": False, "array": np.asarray(X)[rows].tolist()}
-    data["y"] = y_arr[rows].tolist()
-    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def load_holdout(record: VersionRecord) -> tuple[Any, np.ndarray] | None:
-    path = record.path / HOLDOUT_FILE
-    if not path.exists():
-        return None
-    import pandas as pd
-
-    data = orjson.loads(path.read_bytes())
-    X = pd.DataFrame(data["columns"]) if data["frame"] else np.asarray(data["array"], dtype=float)
-    return X, np.asarray(data["y"])
 
 
 def evaluate_stored(record: VersionRecord, X: Any, y: Any) -> EvaluationResult:
@@ -91,7 +56,7 @@ def promote(store: Store, name: str, version: int, alias: str = PRODUCTION, *, m
     store.require_model(name)
     record = store.version(name, version)
     decision = None
-    holdout = load_holdout(record) if alias == PRODUCTION else None
+    holdout = read_rows(record, HOLDOUT_FILE) if alias == PRODUCTION else None
     if holdout is not None:
         X, y = holdout
         decision = judge(store, name, evaluate_stored(record, X, y), X, y,

@@ -172,9 +172,17 @@ def from_sample(X: Any, float_type: str = "FP32") -> Signature:
             raise InvalidInput("the sample DataFrame has no columns")
         names = [str(c) for c in X.columns]
         if len(set(names)) != len(names):
-            raise InvalidInput("the sample DataFrame has duplicate column names")
-        specs = tuple(_column_spec(name, X[col], float_type) for name, col in zip(names, X.columns, strict=True))
-        return Signature(specs, frame=True)
+            raise InvalidInput("the sample DataFrame has duplicate column names; rename them before fitting")
+        specs = [_column_spec(name, X[col], float_type) for name, col in zip(names, X.columns, strict=True)]
+        taken: set[str] = set()
+        for i, spec in enumerate(specs):  # "a b" and "a_b" must not share a graph input
+            onnx_name, n = spec.onnx_name, 0
+            while onnx_name in taken:
+                n += 1
+                onnx_name = f"{spec.onnx_name}_{n}"
+            taken.add(onnx_name)
+            specs[i] = replace(spec, onnx_name=onnx_name)
+        return Signature(tuple(specs), frame=True)
     if pd is not None and isinstance(X, pd.Series):
         raise InvalidInput("the sample is a Series; pass a DataFrame (X[[column]]) or a 2-D array")
     arr = np.asarray(X)
@@ -197,6 +205,11 @@ def column_values(col: Any, spec: InputSpec) -> np.ndarray:
     """
     import pandas as pd
 
+    kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else "extension"
+    if kind == "f" or (kind in ("i", "u") and spec.logical == "numeric"):  # the common case, kept fast
+        return col.to_numpy(dtype=np.float64)
+    if kind in ("i", "u", "b") and spec.logical in ("integer", "bool"):
+        return col.to_numpy()
     if spec.logical == "string":
         values = col.astype(object).to_numpy()
         return np.array([MISSING_STRING if _is_missing(v) else str(v) for v in values], dtype=object)

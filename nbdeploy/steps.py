@@ -68,6 +68,11 @@ def unsupported(model: Any) -> tuple[Path, Any, str] | None:
                                    "built-in scikit-learn steps, or apply the function to the data before the "
                                    "model (and send transformed data to the endpoint)")
             continue
+        categorical = getattr(est, "is_categorical_", None)
+        if categorical is not None and categorical.any():
+            return path, est, ("its native categorical splits have no faithful ONNX form (skl2onnx treats the "
+                               "categories as numbers); drop categorical_features and one-hot or ordinal-encode "
+                               "those columns in a ColumnTransformer instead")
         if type(est) not in known and not children(est):
             return path, est, ("skl2onnx has no converter for this class; replace it with built-in scikit-learn "
                                "steps, or register a converter with skl2onnx.update_registered_converter "
@@ -104,14 +109,13 @@ def classifier_options(model: Any) -> dict[int, dict[str, Any]]:
     """``zipmap: False`` for every classifier whose converter takes it: probabilities as a tensor."""
     from skl2onnx._supported_operators import sklearn_operator_name_map
     from skl2onnx.common._registration import get_converter
-
     from sklearn.base import is_classifier
 
     options: dict[int, dict[str, Any]] = {}
     for _, est in walk(model):
         alias = sklearn_operator_name_map.get(type(est))
         # Options given to a Pipeline reach all its steps: name the classifiers themselves.
-        if alias is None or children(est) and hasattr(est, "steps") or not is_classifier(est):
+        if alias is None or (children(est) and hasattr(est, "steps")) or not is_classifier(est):
             continue
         try:
             allowed = get_converter(alias).get_allowed_options() or {}

@@ -8,6 +8,7 @@ from IPython.testing.globalipapp import start_ipython
 from sklearn.linear_model import LogisticRegression
 
 import nbdeploy
+from nbdeploy.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,9 @@ def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, ca
     shell.run_line_magic("deploy", "promote iris 2")  # refused: shows the decision, raises nothing
     assert "was not promoted" in capsys.readouterr().out
     assert nbdeploy.get("iris", home=home).version == 3
+    shell.run_line_magic("deploy", "retrain iris --data X y")  # registered as v4, not promoted
+    assert [v.version for v in Store(home).versions("iris")] == [1, 2, 3, 4]
+    assert nbdeploy.get("iris", home=home).version == 3
 
 
 @pytest.mark.parametrize(
@@ -111,9 +115,21 @@ def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, ca
         ("test nosuch X y", "no variable named 'nosuch'"),
         ("promote iris notanumber", "invalid int value"),
         ("rollback nosuch", "no model named 'nosuch'"),
+        ("retrain nosuch", "no model named 'nosuch'"),
+        ("retrain iris --data X", "expected 2 arguments"),
     ],
 )
 def test_registry_subcommand_errors_are_one_line(shell, ns, line, needle):
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("deploy", line)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.server
+def test_monitor_from_a_line(shell, ns, tmp_path, capsys):
+    shell.run_line_magic("deploy", "model --name iris --sample X")
+    shell.run_line_magic("deploy", "monitor iris --interval 60")
+    shell.run_line_magic("deploy", "monitor iris --stop")
+    assert "stopped the monitor of 'iris'" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--interval must be a positive"):
+        shell.run_line_magic("deploy", "monitor iris --interval 0")

@@ -26,6 +26,7 @@ class Case:
     dataset: str
     build: Callable[[], Any]
     requires: str | None = None  # optional library (lightgbm, xgboost)
+    expect: str = "passed"  # or "refused": the fidelity gate must stop it
 
 
 @cache
@@ -34,7 +35,7 @@ def dataset(name: str) -> Split:
     from sklearn import datasets
     from sklearn.model_selection import train_test_split
 
-    if name.startswith("mixed") or name == "reviews":
+    if name.startswith("mixed") or name in ("reviews", "tumours"):
         return _generated(name)
     frame = name.endswith("-df")
     base = name.removesuffix("-df").removesuffix("-nan")
@@ -92,7 +93,7 @@ def reviews(n: int = 400, seed: int = 1) -> tuple[Any, np.ndarray]:
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    filler = "the product arrived on time and works as described".split()
+    filler = ["the", "product", "arrived", "on", "time", "and", "works", "as", "described"]
     texts = []
     for label in y:
         own = _WORDS[label].split() if rng.random() < 0.85 else _WORDS[1 - label].split()
@@ -104,15 +105,55 @@ def reviews(n: int = 400, seed: int = 1) -> tuple[Any, np.ndarray]:
     return frame, y
 
 
+def tumours(seed: int = 0) -> tuple[Any, Any]:
+    """Breast-cancer measurements with 15 % missing, two string categoricals (one with missing values)
+    and a bool: the imputer-before-trees case whose float32 conversion is off by ~0.03."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    rng = np.random.default_rng(seed)
+    X = data.data[list(TUMOUR_NUMBERS)].copy()
+    X = X.mask(rng.random(X.shape) < 0.15)
+    n = len(X)
+    X["clinic"] = pd.array(rng.choice(["north", "south", "east"], n), dtype="str")
+    X["scanner"] = pd.array(rng.choice(["a1", "b2"], n), dtype="str")
+    X.loc[rng.random(n) < 0.05, "clinic"] = None
+    X["follow_up"] = rng.random(n) < 0.4
+    return X, data.target
+
+
+TUMOUR_NUMBERS = ("mean radius", "mean texture", "worst area", "mean smoothness")
+
+
+def tumour_pipeline() -> Any:
+    """SimpleImputer(median) + StandardScaler, one-hot strings, a passthrough bool, HistGradientBoosting."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    prep = ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), list(TUMOUR_NUMBERS)),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), ["clinic", "scanner"]),
+        ("flag", "passthrough", ["follow_up"]),
+    ])
+    return Pipeline([("prep", prep), ("model", HistGradientBoostingClassifier(max_iter=50, random_state=0))])
+
+
 def _generated(name: str) -> Split:
     from sklearn.model_selection import train_test_split
 
-    if name == "reviews":
+    if name == "tumours":
+        X, y = tumours()
+    elif name == "reviews":
         X, y = reviews()
     else:
         X, y_class, y_value = mixed_frame()
         y = y_value if name == "mixed-reg" else y_class
-    return tuple(train_test_split(X, y, test_size=0.3, random_state=0))  # type: ignore[return-value]
+    stratify = y if name == "tumours" else None
+    return tuple(train_test_split(X, y, test_size=0.3, random_state=0, stratify=stratify))  # type: ignore[return-value]
 
 
 def _mixed_prep(encoder: str = "onehot", scale: bool = True) -> Any:
@@ -169,7 +210,8 @@ def cases() -> list[Case]:
         Case("diabetes-poly-ridge", "linear", "PolynomialFeatures + StandardScaler + Ridge", "diabetes",
              lambda: _pipe(PolynomialFeatures(2), StandardScaler(), lm.Ridge(alpha=1.0))),
         Case("diabetes-elasticnet", "linear", "ElasticNet", "diabetes", lambda: lm.ElasticNet(alpha=0.01)),
-        Case("iris-tree", "tree", "DecisionTreeClassifier", "iris-df", lambda: tree.DecisionTreeClassifier(random_state=0)),
+        Case("iris-tree", "tree", "DecisionTreeClassifier", "iris-df",
+             lambda: tree.DecisionTreeClassifier(random_state=0)),
         Case("diabetes-tree", "tree", "DecisionTreeRegressor", "diabetes",
              lambda: tree.DecisionTreeRegressor(max_depth=6, random_state=0)),
         Case("wine-forest", "forest", "RandomForestClassifier(20)", "wine-df",
@@ -189,7 +231,8 @@ def cases() -> list[Case]:
         Case("cancer-nan-impute-hgb", "boosting", "SimpleImputer(median) + StandardScaler + HistGradientBoosting(20)",
              "breast_cancer-nan", lambda: _pipe(_imputer(), StandardScaler(),
                                                 e.HistGradientBoostingClassifier(max_iter=20, random_state=0))),
-        Case("wine-svc", "svm", "StandardScaler + SVC (labels only)", "wine-df", lambda: _pipe(StandardScaler(), svm.SVC())),
+        Case("wine-svc", "svm", "StandardScaler + SVC (labels only)", "wine-df",
+             lambda: _pipe(StandardScaler(), svm.SVC())),
         Case("cancer-linear-svc", "svm", "StandardScaler + LinearSVC (labels only)", "breast_cancer",
              lambda: _pipe(StandardScaler(), svm.LinearSVC())),
         Case("diabetes-svr", "svm", "StandardScaler + SVR", "diabetes", lambda: _pipe(StandardScaler(), svm.SVR(C=50))),
@@ -201,24 +244,29 @@ def cases() -> list[Case]:
         Case("iris-mlp", "MLP", "StandardScaler + MLPClassifier", "iris",
              lambda: _pipe(StandardScaler(), neural_network.MLPClassifier((16,), max_iter=2000, random_state=0))),
         Case("diabetes-mlp", "MLP", "MinMaxScaler + MLPRegressor", "diabetes-df",
-             lambda: _pipe(MinMaxScaler(), neural_network.MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.05,
-                                                                                max_iter=400, tol=1e-3, random_state=0))),
+             lambda: _pipe(MinMaxScaler(), neural_network.MLPRegressor(
+                 hidden_layer_sizes=(16,), learning_rate_init=0.05, max_iter=400, tol=1e-3, random_state=0))),
         Case("cancer-calibrated-svc", "calibration", "CalibratedClassifierCV(LinearSVC)", "breast_cancer-df",
              lambda: _pipe(StandardScaler(), calibration.CalibratedClassifierCV(svm.LinearSVC(), cv=3))),
-        Case("wine-calibrated-forest", "calibration", "CalibratedClassifierCV(RandomForest(20), isotonic)", "wine",
+        Case("wine-calibrated-forest", "calibration", "CalibratedClassifierCV(RandomForest(20))", "wine",
              lambda: calibration.CalibratedClassifierCV(e.RandomForestClassifier(n_estimators=20, random_state=0),
-                                                        method="isotonic", cv=3)),
+                                                        cv=3)),
+        Case("cancer-calibrated-isotonic", "calibration", "CalibratedClassifierCV(LogisticRegression, isotonic)",
+             "breast_cancer", lambda: calibration.CalibratedClassifierCV(lm.LogisticRegression(max_iter=5000),
+                                                                         method="isotonic", cv=3), expect="refused"),
         Case("iris-kmeans", "clustering", "KMeans(3) (cluster labels)", "iris-df",
              lambda: cluster.KMeans(n_clusters=3, n_init=3, random_state=0)),
+        Case("tumours-impute-hgb", "pipeline", "ColumnTransformer(imputer, scaler, OneHotEncoder, bool) + HGB(50)",
+             "tumours", tumour_pipeline),
         Case("mixed-onehot-hgb", "pipeline", "ColumnTransformer(imputer, scaler, OneHotEncoder) + HGB(20)", "mixed",
              lambda: Pipeline([("prep", _mixed_prep()),
                                ("model", e.HistGradientBoostingClassifier(max_iter=20, random_state=0))])),
         Case("mixed-ordinal-forest", "pipeline", "ColumnTransformer(imputer, OrdinalEncoder) + RandomForest(20)",
              "mixed", lambda: Pipeline([("prep", _mixed_prep("ordinal", scale=False)),
                                         ("model", e.RandomForestClassifier(n_estimators=20, random_state=0))])),
-        Case("mixed-impute-logreg", "pipeline", "ColumnTransformer(string imputer + OneHotEncoder) + LogisticRegression",
-             "mixed", lambda: Pipeline([("prep", _mixed_prep("impute")),
-                                        ("model", lm.LogisticRegression(max_iter=1000))])),
+        Case("mixed-impute-logreg", "pipeline",
+             "ColumnTransformer(string imputer + OneHotEncoder) + LogisticRegression", "mixed",
+             lambda: Pipeline([("prep", _mixed_prep("impute")), ("model", lm.LogisticRegression(max_iter=1000))])),
         Case("mixed-ridge", "pipeline", "ColumnTransformer(imputer, scaler, OneHotEncoder) + Ridge", "mixed-reg",
              lambda: Pipeline([("prep", _mixed_prep()), ("model", lm.Ridge())])),
         Case("reviews-tfidf-logreg", "pipeline", "ColumnTransformer(TfidfVectorizer, MinMaxScaler, OneHotEncoder) "
@@ -226,6 +274,8 @@ def cases() -> list[Case]:
              lambda: Pipeline([("prep", _text_prep()), ("model", lm.LogisticRegression(max_iter=1000))])),
         Case("mixed-lightgbm", "boosting", "ColumnTransformer + LGBMClassifier(20)", "mixed", _lightgbm, "lightgbm"),
         Case("diabetes-xgboost", "boosting", "XGBRegressor(20)", "diabetes", _xgboost, "xgboost"),
+        Case("wine-xgboost", "boosting", "XGBClassifier(20)", "wine-df", _xgboost_classifier, "xgboost"),
+        Case("diabetes-lightgbm", "boosting", "LGBMRegressor(20)", "diabetes-df", _lightgbm_regressor, "lightgbm"),
     ]
     return rows
 
@@ -248,3 +298,15 @@ def _xgboost() -> Any:
     from xgboost import XGBRegressor
 
     return XGBRegressor(n_estimators=20, max_depth=4, random_state=0)
+
+
+def _xgboost_classifier() -> Any:
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(n_estimators=20, max_depth=3, random_state=0)
+
+
+def _lightgbm_regressor() -> Any:
+    from lightgbm import LGBMRegressor
+
+    return LGBMRegressor(n_estimators=20, num_leaves=15, random_state=0, verbose=-1)

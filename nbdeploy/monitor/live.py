@@ -115,27 +115,41 @@ class Monitor:
 
     # -- the snapshot ----------------------------------------------------------------------
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """Everything the widget and ``/metrics`` show, as JSON-ready values (None when undefined)."""
+        """Everything the widget and ``/metrics`` show, as JSON-ready values (None when undefined).
+
+        Calls ``on_alert(alert, snapshot)`` when the level differs from the previous snapshot's.
+        """
         started = time.perf_counter()
-        now = time.time() if now is None else now
-        notes: list[str] = []
         with self._lock:
-            db = self._connect()
-            ctx = self._context(db)
-            rollups = np.zeros((0, 13)), np.zeros((0, N_LATENCY), np.int64)
-            labelled: list[tuple[Any, ...]] = []
-            drift, inputs = None, {}
-            if db is None:
-                notes.append("nothing logged yet")
-            else:
-                db.execute("BEGIN")  # one consistent read across the queries
-                try:
-                    rollups = self._rollups(db, now)
-                    labelled = self._labelled(db, ctx)
-                    drift = self._drift_report(db, ctx, notes)
-                    inputs = self._inputs(db, ctx, now)
-                finally:
-                    db.execute("COMMIT")
+            snap = self._snapshot(time.time() if now is None else now)
+            snap["refresh_ms"] = 1000 * (time.perf_counter() - started)
+            changed = snap["alert"]["level"] != (self.level or "OK")
+            self.level = snap["alert"]["level"]
+        if changed and self.on_alert is not None:
+            try:
+                self.on_alert(snap["alert"], snap)
+            except Exception as exc:  # the user's callback must not stop the monitor; say it failed
+                snap["notes"].append(f"on_alert callback raised {type(exc).__name__}: {exc}")
+        return snap
+
+    def _snapshot(self, now: float) -> dict[str, Any]:
+        notes: list[str] = []
+        db = self._connect()
+        ctx = self._context(db)
+        rollups = np.zeros((0, 13)), np.zeros((0, N_LATENCY), np.int64)
+        labelled: list[tuple[Any, ...]] = []
+        drift, inputs = None, {}
+        if db is None:
+            notes.append("nothing logged yet")
+        else:
+            db.execute("BEGIN")  # one consistent read across the queries
+            try:
+                rollups = self._rollups(db, now)
+                labelled = self._labelled(db, ctx)
+                drift = self._drift_report(db, ctx, notes)
+                inputs = self._inputs(db, ctx, now)
+            finally:
+                db.execute("COMMIT")
         snap: dict[str, Any] = {"model": self.model, "version": ctx["version"], "task": ctx["task"], "at": now,
                                 "recent_seconds": self.recent_seconds}
         snap.update(self._traffic(*rollups, ctx, now))
@@ -147,20 +161,7 @@ class Monitor:
                                  error_rate=snap["traffic"]["error_rate"], p99_latency_ms=snap["traffic"]["p99_ms"],
                                  thresholds=self.thresholds)
         snap["alert"] = status.to_dict()
-        snap = _plain(snap)
-        snap["refresh_ms"] = 1000 * (time.perf_counter() - started)
-        self._notify(snap)
-        return snap
-
-    def _notify(self, snap: dict[str, Any]) -> None:
-        level = snap["alert"]["level"]
-        changed = level != (self.level or "OK")
-        self.level = level
-        if changed and self.on_alert is not None:
-            try:
-                self.on_alert(snap["alert"], snap)
-            except Exception as exc:  # the user's callback must not stop the monitor; say it failed
-                snap["notes"].append(f"on_alert callback raised {type(exc).__name__}: {exc}")
+        return _plain(snap)
 
     def _rollups(self, db: sqlite3.Connection, now: float) -> tuple[np.ndarray, np.ndarray]:
         first = int((now - self.history_seconds) // BUCKET_SECONDS)

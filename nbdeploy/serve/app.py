@@ -25,6 +25,7 @@ from nbdeploy.serve.endpoints import json_response, routes
 from nbdeploy.serve.events import EventSink, NullSink
 from nbdeploy.serve.inference import ServerContext
 from nbdeploy.serve.metrics import Metrics
+from nbdeploy.serve.monitoring import ServerMonitors
 from nbdeploy.serve.runtime import Runtime
 from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard
 from nbdeploy.store import Store
@@ -102,6 +103,7 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     app.state.sink = sink if sink is not None else NullSink()
     if callable(getattr(sink, "feedback", None)):
         app.state.log = sink  # the prediction log also takes feedback (see serve/feedback.py)
+        app.state.monitors = ServerMonitors(store)  # quality, drift and alert gauges on /metrics
     return app
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -15,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from nbdeploy import __version__
 from nbdeploy.errors import NotFound, Unavailable
 from nbdeploy.serve import handlers
+from nbdeploy.serve.feedback import routes as feedback_routes
 from nbdeploy.serve.inference import Invocations, ServerContext, V2Infer, check_json_object
 from nbdeploy.serve.openapi import DOCS_HTML, openapi_document
 
@@ -99,6 +101,9 @@ async def metrics(request: Request) -> Response:
               for number, model in sorted(s.versions.items())]
     text = ctx.metrics.render(dropped=int(getattr(request.app.state.sink, "dropped", 0)), served=served,
                               load_failures=len(ctx.runtime.failed))
+    monitors = getattr(request.app.state, "monitors", None)
+    if monitors is not None:  # quality, drift and alert gauges from the prediction log
+        text += await run_in_threadpool(monitors.text, sorted(ctx.runtime.models()))
     return Response(text, media_type="text/plain; version=0.0.4")
 
 
@@ -128,4 +133,5 @@ routes: list[BaseRoute] = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
+    *feedback_routes,
 ]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import __version__
-from nbdeploy.errors import InvalidInput
+from nbdeploy.errors import InvalidInput, NotFound
 from nbdeploy.serve.batcher import Feeds
 from nbdeploy.serve.protocol import InferRequest
 from nbdeploy.serve.runtime import LoadedModel, Runtime
@@ -21,7 +21,9 @@ def server_metadata() -> dict[str, Any]:
 
 def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str, Any]:
     model = runtime.resolve(name, version)
-    served = runtime.models()[name]
+    served = runtime.models().get(name)
+    if served is None:  # stopped between the two reads
+        raise NotFound(f"model {name!r} is not served")
     versions = [str(model.version)] if version else [str(v) for v in sorted(served.versions)]
     failed = {str(v): e for (n, v), e in runtime.failed.items() if n == name}
     return {

@@ -70,8 +70,9 @@ class Metrics:
 
     def version(self, name: str, version: int) -> VersionStats:
         stats = self.versions.get((name, version))
-        if stats is None:
-            stats = self.versions[name, version] = VersionStats()
+        if stats is None:  # copy on write: /metrics may be iterating the dict on the event loop
+            stats = VersionStats()
+            self.versions = {**self.versions, (name, version): stats}
         return stats
 
     def render(self, *, dropped: int, served: Iterable[tuple[str, int, bool]], load_failures: int) -> str:

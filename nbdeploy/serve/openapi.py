@@ -63,6 +63,12 @@ def openapi_document() -> dict[str, Any]:
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                   "responses": {"200": _ok("Object")}}},
+        "/v2/models/{name}/feedback": {"post": {
+            "operationId": "feedback", "summary": "Ground-truth labels for logged predictions, by prediction id",
+            "parameters": [_NAME], "requestBody": {"required": True, **_json("FeedbackRequest")},
+            "responses": {"200": _ok("FeedbackResult", "Every label recorded"),
+                          "207": _ok("FeedbackResult", "Some labels recorded: see errors"),
+                          **_errors(400, 404, 503)}}},
     }
     _versioned(paths, "/v2/models", "", {"operationId": "model_metadata", "summary": "Model metadata (V2)",
                                         "responses": {"200": _ok("ModelMetadata"), **_errors(404, 503)}})
@@ -91,6 +97,18 @@ def openapi_document() -> dict[str, Any]:
         "data": {"type": "array"}, "parameters": {"type": "object"}}}
     schemas: dict[str, Any] = {
         "Object": {"type": "object"},
+        "FeedbackItem": {"type": "object", "required": ["id", "label"], "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 256,
+                   "description": "The response id of a one-row request, else <id>:<row>"},
+            "label": {"type": ["string", "number", "boolean"]}}},
+        "FeedbackRequest": {"oneOf": [{"$ref": "#/components/schemas/FeedbackItem"}, {
+            "type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/FeedbackItem"}}]},
+        "FeedbackResult": {"type": "object", "properties": {
+            "accepted": {"type": "integer"}, "updated": {"type": "integer"}, "unchanged": {"type": "integer"},
+            "errors": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"}, "id": {"type": ["string", "null"]}, "status": {"type": "integer"},
+                "error": {"type": "string"}}}},
+            "error": {"type": "string"}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
         "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},

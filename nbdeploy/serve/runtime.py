@@ -197,7 +197,7 @@ class Runtime:
         except Exception as exc:  # any load failure leaves the previous version serving
             message = exc.message if isinstance(exc, NbdeployError) else f"{type(exc).__name__}: {exc}"
             log.error("cannot load %s version %s: %s", name, number, message)
-            self.failed[key] = message
+            self.failed = {**self.failed, key: message}  # copy on write: routes iterate it meanwhile
             return None
         return loaded
 

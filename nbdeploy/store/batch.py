@@ -184,6 +184,11 @@ class Batch:
 def _stack(arrays: list[Any], sizes: list[int]) -> np.ndarray:
     """Per-event arrays of ``sizes`` rows as one 2-D array (a 1-D array is one column)."""
     parts = [np.asarray(a) for a in arrays]
+    if [len(a) if a.ndim else -1 for a in parts] == sizes:  # the usual case: no reshape per event
+        if all(a.ndim == 2 for a in parts):
+            return np.concatenate(parts)
+        if all(a.ndim == 1 for a in parts):
+            return np.concatenate(parts)[:, None]
     for a, n in zip(parts, sizes, strict=True):
         if (a.size if a.ndim <= 1 else len(a)) != n:
             raise ValueError(f"an input or output has {a.shape[0] if a.ndim else 1} rows, the labels {n}")
@@ -193,7 +198,7 @@ def _stack(arrays: list[Any], sizes: list[int]) -> np.ndarray:
 def _rows(e: PredictionEvent) -> int:
     label = e.outputs.get("label")
     if label is not None:
-        return len(np.asarray(label).reshape(-1))
+        return len(label) if isinstance(label, np.ndarray) and label.ndim else len(np.asarray(label).reshape(-1))
     first = next(iter(e.inputs.values()), None)
     return len(np.asarray(first).reshape(-1)) if first is not None and np.ndim(first) else 1
 

@@ -84,7 +84,16 @@ VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (model, version, bucket, feature) DO UPDATE
 n = n + excluded.n, missing = missing + excluded.missing,
 out_of_range = out_of_range + excluded.out_of_range, unseen = unseen + excluded.unseen"""
 _INSERT = ("INSERT OR IGNORE INTO predictions (id, ts, model, version, inputs, label, proba, outputs, latency_ms,"
-           " status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+           " status, error) VALUES ")
+ROWS_PER_INSERT = 128  # one statement step per 128 rows: the GIL is released per step, not per row
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Multi-row inserts: ``executemany`` would release and retake the GIL around every row, and
+    each release hands it to the server's event loop and back (a convoy that costs the server)."""
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start:start + ROWS_PER_INSERT]
+        db.execute(_INSERT + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)), [v for row in chunk for v in row])
 
 
 def connect(path: str | Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -225,7 +234,7 @@ class PredictionLog:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 before = db.total_changes
-                db.executemany(_INSERT, rows)
+                _insert(db, rows)
                 self.duplicates += len(rows) - (db.total_changes - before)
                 for (model, version, bucket), r in roll.items():
                     old = db.execute("SELECT latency FROM rollup WHERE model = ? AND version = ? AND bucket = ?",

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from nbdeploy.errors import InvalidInput
-from nbdeploy.evaluate import (
+from nbdeploy.evaluation import (
     EvaluationResult,
     GateDecision,
     compare,
@@ -177,7 +177,7 @@ def test_figure_is_a_matplotlib_figure(iris):
 
 
 def test_importing_evaluate_does_not_import_matplotlib():
-    code = "import sys, nbdeploy.evaluate; print('matplotlib' in sys.modules)"
+    code = "import sys, nbdeploy.evaluation; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
@@ -363,7 +363,7 @@ def test_fingerprint_is_stable_and_tracks_the_data(iris):
 def test_fingerprint_is_the_same_in_another_process(iris):
     X, y = iris
     code = ("from sklearn.datasets import load_iris; "
-            "from nbdeploy.evaluate import data_fingerprint; "
+            "from nbdeploy.evaluation import data_fingerprint; "
             "print(data_fingerprint(*load_iris(return_X_y=True, as_frame=True)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -395,3 +395,17 @@ def test_train_refuses_bad_data_and_objects(iris, diabetes):
     few = pd.Series([0] * 148 + [1, 2])
     with pytest.raises(InvalidInput, match="cannot train"):
         train(_logreg(), X, few, stratify=True)
+
+
+def test_the_package_level_names_stay_functions_after_every_module_is_imported():
+    import importlib
+    import pkgutil
+
+    import nbdeploy
+
+    for info in pkgutil.walk_packages(nbdeploy.__path__, "nbdeploy."):
+        if not info.name.startswith(("nbdeploy.matrix", "nbdeploy.boosters")):
+            importlib.import_module(info.name)
+    for name in nbdeploy.__all__:
+        if name != "__version__":
+            assert callable(getattr(nbdeploy, name)), f"nbdeploy.{name} is shadowed by a module"
