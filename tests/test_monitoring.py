@@ -17,11 +17,11 @@ def test_predict_ids_feedback_metrics_and_monitor(served, iris) -> None:
     dep = served["deps"]["iris"]
     labels, ids = dep.predict(X.iloc[:5], return_ids=True)
     assert len(labels) == len(ids) == 5 and ids[1].endswith(":1")
-    one, (single,) = dep.predict(X.iloc[:1], return_ids=True)
+    _, (single,) = dep.predict(X.iloc[:1], return_ids=True)
     assert ":" not in single
     assert dep.feedback(ids, y.iloc[:5])["accepted"] == 5
     assert dep.feedback(ids, y.iloc[:5].to_numpy())["unchanged"] == 5
-    with pytest.raises(NbdeployError, match="1 of 2 labels were not recorded.*no logged prediction"):
+    with pytest.raises(NbdeployError, match=r"1 of 2 labels were not recorded.*no logged prediction"):
         dep.feedback([single, "nope"], [0, 1])
     snap = dep.health()
     assert snap["traffic"]["requests"] == 2 and snap["labels"]["labelled"] == 6
