@@ -11,6 +11,7 @@ One live monitor per model and store in a kernel: starting another stops the pre
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import threading
@@ -222,6 +223,8 @@ class MonitorWidget(widgets.VBox):
             self._thread.join(timeout)
         if self._finished:
             return
+        with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
+            self.refresh()
         self._finished = True
         if self._displayed:
             from IPython.display import update_display
@@ -270,6 +273,9 @@ class MonitorWidget(widgets.VBox):
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
+        if self._finished:  # a closed widget has no view left (ipywidgets drops it): show the final state
+            display(self.static_bundle(), raw=True)
+            return
         display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
         self._displayed = True
 
