@@ -26,3 +26,13 @@ def test_committed_notebooks_carry_no_saved_widget_state():
 
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         assert "widgets" not in json.loads(path.read_text())["metadata"], f"{path.name}: clear its widget state"
+
+
+def test_every_server_setting_is_documented():
+    from dataclasses import fields
+
+    from nbdeploy.serve.config import ServeConfig
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in fields(ServeConfig) if f"NBDEPLOY_{f.name.upper()}" not in text]
+    assert not missing, f"docs/configuration.md does not document: {missing}"
