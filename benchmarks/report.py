@@ -199,8 +199,10 @@ def render(results: list[dict], startup: dict, profile: dict | None, args, elaps
     if profile:
         total = profile["total"] or 1
         lines += ["## Where the time goes (nbdeploy, logistic regression, 1 row, c16)", "",
-                  "py-spy samples of every thread of the server process while wrk drives it; each sample is",
-                  "charged to the innermost frame that falls in one of these parts.", "",
+                  "py-spy samples (`--gil`: only the thread holding the GIL, that is where the Python CPU goes)",
+                  "of the server process while wrk drives it; each sample is charged to the innermost frame",
+                  "that falls in one of these parts. uvicorn's two `transport.write` calls per response (headers,",
+                  "body) are socket writes that the floor makes too.", "",
                   "| part | share of samples |", "|---|---:|"]
         lines += [f"| {label} | {100 * n / total:.1f} % |" for label, n in profile["buckets"]]
         lines += ["", "Hottest innermost frames:", "", "| frame | share |", "|---|---:|"]

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Deployment": "nbdeploy.deployment",
+    "FidelityRefused": "nbdeploy.fidelity",
     "GateRefused": "nbdeploy.promotion",
     "NbdeployError": "nbdeploy.errors",
     "deploy": "nbdeploy.api",
@@ -32,6 +33,7 @@ _LAZY = {
 
 __all__ = [
     "Deployment",
+    "FidelityRefused",
     "GateRefused",
     "NbdeployError",
     "__version__",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from nbdeploy.errors import NbdeployError
     from nbdeploy.evaluation import evaluate
     from nbdeploy.exporters import export
+    from nbdeploy.fidelity import FidelityRefused
     from nbdeploy.library import load
     from nbdeploy.promotion import GateRefused
     from nbdeploy.retraining import retrain

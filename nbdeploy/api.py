@@ -17,7 +17,7 @@ from nbdeploy import client
 from nbdeploy.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_bytes, rows_json
 from nbdeploy.convert import Converted
 from nbdeploy.deployment import Deployment
-from nbdeploy.errors import ConversionError, InvalidInput, NbdeployError
+from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.evaluation import EvaluationResult, GateDecision, TrainResult, evaluate
 from nbdeploy.evaluation import train as _train
 from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
@@ -96,12 +96,7 @@ def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Sto
     holdout = _holdout(test, run)
     X_check = holdout[0] if holdout else (test if test is not None else sample)
     converted, fidelity = convert_checked(model, sample, X_check, min_agreement=min_agreement,
-                                          max_diff=max_diff, force=force)
-    if not fidelity.passed and not force:
-        raise ConversionError(
-            f"the ONNX model does not predict what the scikit-learn model predicts: {fidelity.summary()}; "
-            f"rows that disagree: {fidelity.disagreeing_rows[:5]}. Use force=True (--force) to deploy anyway"
-        )
+                                          max_diff=max_diff, force=force)  # raises FidelityRefused
     train_data = train_data or ((run[1].X_train, run[1].y_train) if run else None)
     meta = version_meta(converted, fidelity, sample)
     meta["profile"] = reference_profile(train_data[0] if train_data else sample)

@@ -52,7 +52,7 @@ class FidelityReport:
         if self.task == "regression":
             return f"max |diff| {self.max_abs_diff:.2g}, max relative diff {(self.max_rel_diff or 0.0):.2g}"
         text = f"labels agree on {(self.agreement or 0.0):.2%} of {self.n} rows"
-        return text + (f", max probability diff {self.max_abs_diff:.2g}" if self.task == "classification" else "")
+        return text + (f", max probability diff {self.max_abs_diff:.2g}" if "max_proba_diff" in self.thresholds else "")
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else ("FAILED, deployed with force" if self.forced else "FAILED")
@@ -104,48 +104,53 @@ def check(model: Any, session: Any, signature: Signature, task: str, X: Any, pre
     got = onnx_predictions(session, signature, X)
     want = np.asarray(model.predict(X))
     have = got["label"]
-    n = len(want)
-    labels = list(getattr(X, "index", range(n)))
     if want.shape[0] != have.shape[0] or (task != "regression" and want.ndim != 1):
         raise ConversionError(f"the ONNX model answers with shape {list(have.shape)} where scikit-learn answers "
                               f"{list(want.shape)}; multi-output models are not supported")
+    labels = list(getattr(X, "index", range(len(want))))
     if task == "regression":
-        limit = max_diff if max_rel is None else max_rel
-        w, h = want.astype(np.float64).ravel(), have.astype(np.float64).ravel()
-        diff = np.abs(w - h)
-        rel = diff / np.maximum(np.abs(w), 1.0)
-        bad = np.flatnonzero(~(rel <= limit))  # NaN counts as bad
-        worst = np.argsort(-np.nan_to_num(rel, nan=np.inf))[:WORST_ROWS]
-        rows = [_row(labels[i], float(w[i]), float(h[i]), float(rel[i])) for i in worst if not rel[i] <= limit * 1e-2]
-        return FidelityReport(task, n, precision, None, _max(diff), _max(rel), bad[:20].tolist(), len(bad) == 0,
-                              {"max_rel_diff": limit}, len(bad), rows)
+        return _regression(want, have, labels, precision, max_diff if max_rel is None else max_rel)
+    proba = None
+    if task == "classification" and "probabilities" in got and hasattr(model, "predict_proba"):
+        proba = (np.asarray(model.predict_proba(X), dtype=np.float64), got["probabilities"].astype(np.float64))
+    return _labels(task, want, have, proba, labels, precision, min_agreement, max_diff)
+
+
+def _regression(want: np.ndarray, have: np.ndarray, labels: list[Any], precision: str,
+                limit: float) -> FidelityReport:
+    w, h = want.astype(np.float64).ravel(), have.astype(np.float64).ravel()
+    diff = np.abs(w - h)
+    rel = diff / np.maximum(np.abs(w), 1.0)
+    bad = np.flatnonzero(~(rel <= limit))  # NaN counts as bad
+    worst = np.argsort(-np.nan_to_num(rel, nan=np.inf))[:WORST_ROWS]
+    rows = [_row(labels[i], float(w[i]), float(h[i]), float(rel[i])) for i in worst if not rel[i] <= limit * 1e-2]
+    return FidelityReport("regression", len(w), precision, None, _max(diff), _max(rel), bad[:20].tolist(),
+                          len(bad) == 0, {"max_rel_diff": limit}, len(bad), rows)
+
+
+def _labels(task: str, want: np.ndarray, have: np.ndarray, proba: tuple[np.ndarray, np.ndarray] | None,
+            labels: list[Any], precision: str, min_agreement: float, max_diff: float) -> FidelityReport:
+    """Classification and clustering: equal labels, and for classifiers equal probabilities."""
+    n = len(want)
     same = _labels_equal(want, have)
     agreement = float(same.mean()) if n else 1.0
-    row_diff = np.where(same, 0.0, np.inf)
-    max_abs = 0.0
-    proba_want = proba_have = None
-    if task == "classification" and "probabilities" in got and hasattr(model, "predict_proba"):
-        proba_want = np.asarray(model.predict_proba(X), dtype=np.float64)
-        proba_have = got["probabilities"].astype(np.float64)
-        per_row = np.abs(proba_want - proba_have).max(axis=1, initial=0.0)
-        max_abs = _max(per_row)
-        row_diff = np.where(same, per_row, np.inf)
+    per_row = np.abs(proba[0] - proba[1]).max(axis=1, initial=0.0) if proba is not None else np.zeros(n)
+    row_diff = np.where(same, per_row, np.inf)  # a differing label is the worst a row can do
     bad = np.flatnonzero(~(row_diff <= max_diff))
-    passed = agreement >= min_agreement and max_abs <= max_diff
+    max_abs = _max(per_row)
     rows = []
     for i in np.argsort(-np.nan_to_num(row_diff, nan=np.inf))[:WORST_ROWS]:
         if row_diff[i] <= max_diff * 1e-2:
             break
         a, b = _item(want[i]), _item(have[i])
-        if proba_want is not None:
-            a, b = f"{a} (p={proba_want[i].max():.4g})", f"{b} (p={proba_have[i].max():.4g})"
-        diff = float(np.abs(proba_want[i] - proba_have[i]).max()) if proba_want is not None else 0.0
-        rows.append({**_row(labels[i], a, b, diff), "labels_differ": not bool(same[i])})
+        if proba is not None:
+            a, b = f"{a} (p={proba[0][i].max():.4g})", f"{b} (p={proba[1][i].max():.4g})"
+        rows.append({**_row(labels[i], a, b, float(per_row[i])), "labels_differ": not bool(same[i])})
     thresholds = {"min_agreement": min_agreement}
-    if task == "classification":
+    if proba is not None:
         thresholds["max_proba_diff"] = max_diff
-    return FidelityReport(task, n, precision, agreement, max_abs, None, bad[:20].tolist(), passed, thresholds,
-                          len(bad), rows)
+    return FidelityReport(task, n, precision, agreement, max_abs, None, bad[:20].tolist(),
+                          agreement >= min_agreement and max_abs <= max_diff, thresholds, len(bad), rows)
 
 
 def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: float = MIN_AGREEMENT,

@@ -19,6 +19,7 @@ from traitlets import Int, Unicode
 from nbdeploy import api
 from nbdeploy.errors import NbdeployError
 from nbdeploy.evaluation import evaluate
+from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT
 from nbdeploy.promotion import GateRefused
 from nbdeploy.store import Store
 
@@ -41,6 +42,10 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--port", type=int, help="port for a new server (default: a free one)")
     p.add_argument("--force", action="store_true",
                    help="deploy even if the fidelity check or the promotion gate refuses it")
+    p.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                   help="fidelity: share of rows where ONNX and scikit-learn labels must agree (default 0.999)")
+    p.add_argument("--max-diff", type=float, default=MAX_DIFF,
+                   help="fidelity: largest probability (regression: relative) difference (default 1e-4)")
     _gate_options(p)
     parsers["deploy"] = p
     p = _Parser(prog="train", add_help=False,
@@ -157,12 +162,15 @@ class DeployMagics(Magics):
         try:
             dep = api.deploy(model, sample, args.name, test=test, home=self._home(),
                              port=args.port or self.port or None, force=args.force,
-                             min_score=args.min_score, tolerance=args.tolerance)
+                             min_score=args.min_score, tolerance=args.tolerance,
+                             min_agreement=args.min_agreement, max_diff=args.max_diff)
         except GateRefused as refused:
             display(refused.decision)
             print(refused.message)
             return None
         display(dep)
+        if dep.fidelity is not None:
+            display(dep.fidelity)  # the conversion report: size, time, fidelity, latency
         return None
 
     def _train(self, args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
+from IPython.testing.globalipapp import get_ipython
 from sklearn.linear_model import LogisticRegression
 
 import nbdeploy
@@ -13,7 +13,7 @@ from nbdeploy.store import Store
 
 @pytest.fixture(scope="module")
 def shell():
-    ip = start_ipython()
+    ip = get_ipython()
     ip.run_line_magic("load_ext", "nbdeploy")
     return ip
 

@@ -36,7 +36,7 @@ def fidelity_text(report: dict[str, Any]) -> str:
         return (f"max |diff| {report.get('max_abs_diff', 0):.2g}, max relative diff "
                 f"{report.get('max_rel_diff') or 0:.2g} on {report.get('n')} rows")
     text = f"labels agree on {report.get('agreement') or 0:.2%} of {report.get('n')} rows"
-    if report.get("task") == "classification":
+    if "max_proba_diff" in (report.get("thresholds") or {}):
         text += f", max probability diff {report.get('max_abs_diff', 0):.2g}"
     return text
 
