@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -303,6 +304,14 @@ def _v2_name(dtype: np.dtype) -> str:
 
 
 def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, (str, bytes)):
+        return False
+    if isinstance(v, (float, np.floating)):
+        return bool(v != v)
+    if "pandas" not in sys.modules:  # pd.NA and NaT exist only once pandas is imported: a server has none
+        return False
     import pandas as pd
 
     try:

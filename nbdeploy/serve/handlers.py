@@ -42,6 +42,7 @@ def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str
             "task": model.task,
             "aliases": {a: str(v) for a, v in served.aliases.items()},
             "batching": model.batching,
+            **({"input_details": details} if (details := _input_details(model)) else {}),
             **({"classes": model.classes} if model.classes is not None else {}),
             **({"failed_versions": failed} if failed else {}),
         },
@@ -127,6 +128,8 @@ def _fast_feeds(model: LoadedModel, tensors: dict[str, np.ndarray]) -> tuple[Fee
             if dtype.kind != "f" or arr.dtype.kind not in "fiu":
                 return None
             arr = arr.astype(dtype)
+        elif dtype.kind == "O" and any(v is None or type(v) is bytes for v in arr.flat):
+            return None  # null (a missing value) and raw bytes are mapped by the full check
         if rows != arr.shape[0]:
             if rows != -1:
                 return None
@@ -135,3 +138,17 @@ def _fast_feeds(model: LoadedModel, tensors: dict[str, np.ndarray]) -> tuple[Fee
             return None  # x != x only for NaN; the full check names the row
         feeds[onnx_name] = arr
     return feeds, rows
+
+
+def _input_details(model: LoadedModel) -> dict[str, dict[str, Any]]:
+    """Beyond name/datatype/shape: inputs trained with missing values (send JSON null), known categories."""
+    details: dict[str, dict[str, Any]] = {}
+    for spec in model.signature.inputs:
+        entry: dict[str, Any] = {}
+        if spec.has_missing:
+            entry["missing_values"] = "send null"
+        if spec.categories:
+            entry["categories"] = list(spec.categories)
+        if entry:
+            details[spec.name] = entry
+    return details

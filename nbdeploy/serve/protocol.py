@@ -69,7 +69,7 @@ def _rule(dtype: np.dtype) -> tuple[frozenset[type], str, float, float, str]:
     if dtype.kind == "b":
         return frozenset({bool}), "booleans", 0, 1, ""
     if dtype.kind == "O":
-        return frozenset({str}), "strings", 0, 0, ""
+        return frozenset({str, _NONE}), "strings or null (a missing value)", 0, 0, ""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return _INTEGRAL, "integers", info.min, info.max, f"[{info.min}, {info.max}]"

@@ -217,9 +217,6 @@ def test_bundle_with_a_text_column_serves_from_a_fresh_environment(source, fresh
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="nbdeploy.signature._is_missing imports pandas for each text value on the "
-                   "full validation path, so without pandas a refused text request answers 500, not 400; "
-                   "drop this mark with that fix")
 def test_refusals_need_no_pandas(source, fresh, pets_bundle, tmp_path):
     """A request the fast path does not take (strings for a number) goes through the full check."""
     body = json.dumps({"inputs": [{"name": "kind", "datatype": "BYTES", "shape": [1, 1], "data": ["dog"]},

@@ -118,3 +118,35 @@ def test_oversized_bodies_get_413_and_the_server_keeps_serving(served, iris):
                       headers={"Content-Type": "application/json"})
     assert resp.status_code == 413
     assert _infer_columns(f"{served['url']}/v2/models/iris", X.head(2)).status_code == 200
+
+
+def test_text_columns_take_null_for_a_missing_value(tmp_path):
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    import nbdeploy
+
+    X = pd.DataFrame({"city": ["paris", "lyon", None, "nice"] * 25, "age": [20.0, 35.0, 50.0, None] * 25})
+    y = [0, 1, 1, 0] * 25
+    prep = ColumnTransformer([
+        ("city", make_pipeline(SimpleImputer(strategy="constant", fill_value="none"),
+                               OneHotEncoder(handle_unknown="ignore")), ["city"]),
+        ("age", SimpleImputer(), ["age"]),
+    ])
+    model = make_pipeline(prep, LogisticRegression()).fit(X, y)
+    dep = nbdeploy.deploy(model, X, "cities", home=str(tmp_path))
+    try:
+        meta = httpx.get(dep.url).json()
+        assert meta["parameters"]["input_details"]["city"] == {"missing_values": "send null"}
+        body = {"inputs": [{"name": "city", "datatype": "BYTES", "shape": [2, 1], "data": [None, "lyon"]},
+                           {"name": "age", "datatype": "FP32", "shape": [2, 1], "data": [None, 35.0]}]}
+        resp = httpx.post(f"{dep.url}/infer", json=body)
+        assert resp.status_code == 200, resp.text
+        rows = pd.DataFrame({"city": [None, "lyon"], "age": [None, 35.0]})
+        assert resp.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+    finally:
+        nbdeploy.shutdown(str(tmp_path))

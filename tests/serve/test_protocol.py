@@ -185,7 +185,7 @@ def test_null_is_nan_for_fp_only():
         (tensor(["1.5"], [1]), "input 'x': FP32 data must be numbers or null, got string"),
         (tensor([True], [1], "INT64"), "input 'x': INT64 data must be integers, got boolean"),
         (tensor([1], [1], "BOOL"), "input 'x': BOOL data must be booleans, got number"),
-        (tensor([1], [1], "BYTES"), "input 'x': BYTES data must be strings, got number"),
+        (tensor([1], [1], "BYTES"), "input 'x': BYTES data must be strings or null (a missing value), got number"),
         (tensor([{}], [1]), "input 'x': FP32 data must be numbers or null, got object"),
         (tensor([1.5], [1], "INT8"), "input 'x': INT8 data must be integers, got 1.5"),
         (tensor([1, 128], [2], "INT8"), "input 'x': value 128 out of range for INT8 [-128, 127]"),
