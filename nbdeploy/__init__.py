@@ -27,6 +27,7 @@ _LAZY = {
     "promote": "nbdeploy.api",
     "retrain": "nbdeploy.retraining",
     "rollback": "nbdeploy.api",
+    "shadow": "nbdeploy.api",
     "shutdown": "nbdeploy.api",
     "train": "nbdeploy.api",
 }
@@ -48,12 +49,13 @@ __all__ = [
     "promote",
     "retrain",
     "rollback",
+    "shadow",
     "shutdown",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shutdown, train
+    from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shadow, shutdown, train
     from nbdeploy.deployment import Deployment
     from nbdeploy.errors import NbdeployError
     from nbdeploy.evaluation import evaluate

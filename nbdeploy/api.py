@@ -28,7 +28,7 @@ from nbdeploy.promotion import evaluate_stored as evaluate_version
 from nbdeploy.promotion import promote as _promote
 from nbdeploy.promotion import rollback as _rollback
 from nbdeploy.serve import process
-from nbdeploy.store import PRODUCTION, Store, check_name
+from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name
 from nbdeploy.widgets.registry import RegistryTable
 
 # Runs recorded by train(), by the fitted model they produced: deploy() finds its held-out data here.
@@ -220,6 +220,24 @@ def promote(name: str, version: int, alias: str = PRODUCTION, *, min_score: floa
     if store.server() is not None or alias == PRODUCTION:
         _serve(store)
     return Deployment(name=name, home=str(store.home), gate=decision)
+
+
+def shadow(name: str, version: int | None, *, home: str | None = None) -> Deployment:
+    """Send a copy of ``name``'s live traffic to ``version`` too (None stops it).
+
+    Clients only ever get production's answer; the shadow's answers are logged beside them and the
+    monitor shows how often the two agree. The gate is not involved: nothing is promoted.
+    """
+    store = Store(home)
+    store.require_model(name)
+    if version is None:
+        store.remove_alias(name, SHADOW)
+    else:
+        store.version(name, int(version))
+        store.set_alias(name, SHADOW, int(version))
+    if store.server() is not None:
+        _serve(store)
+    return Deployment(name=name, home=str(store.home))
 
 
 def rollback(name: str, *, alias: str = PRODUCTION, home: str | None = None) -> Deployment:

@@ -87,6 +87,12 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--promote", action="store_true", help="promote the new version if it passes the gate")
     _gate_options(p)
     parsers["retrain"] = p
+    p = _Parser(prog="shadow", add_help=False,
+                description="Send a copy of live traffic to another version; only production answers.")
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=int, nargs="?", help="version to shadow production with")
+    p.add_argument("--stop", action="store_true", help="stop shadowing")
+    parsers["shadow"] = p
     p = _Parser(prog="list", add_help=False, description="Every model in the store: versions, aliases, status.")
     parsers["list"] = p
     p = _Parser(prog="stop", add_help=False, description="Stop serving a model (the server exits when idle).")
@@ -117,7 +123,8 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="how much worse than production the candidate may score (default 0)")
 
 
-SUBCOMMANDS = ("train", "test", "promote", "rollback", "retrain", "list", "stop", "shutdown", "export", "monitor")
+SUBCOMMANDS = ("train", "test", "promote", "rollback", "retrain", "shadow", "list", "stop", "shutdown", "export",
+               "monitor")
 
 
 @magics_class
@@ -213,6 +220,13 @@ class DeployMagics(Magics):
         display(retrain(args.name, data=data, with_feedback=args.with_feedback, promote=args.promote,
                         recent=args.recent, min_score=args.min_score, tolerance=args.tolerance,
                         home=self._home()))
+
+    def _shadow(self, args: argparse.Namespace) -> None:
+        if args.stop == (args.version is not None):
+            raise UsageError("%deploy shadow: give a VERSION to shadow with, or --stop")
+        api.shadow(args.name, None if args.stop else args.version, home=self._home())
+        print(f"{args.name!r}: shadow stopped" if args.stop else
+              f"{args.name!r}: version {args.version} now shadows production (see %deploy monitor {args.name})")
 
     def _list(self, args: argparse.Namespace) -> None:
         display(api.models(home=self._home()))

@@ -138,7 +138,7 @@ class Monitor:
         ctx = self._context(db)
         rollups = np.zeros((0, 13)), np.zeros((0, N_LATENCY), np.int64)
         labelled: list[tuple[Any, ...]] = []
-        drift, inputs = None, {}
+        drift, inputs, shadow = None, {}, None
         if db is None:
             notes.append("nothing logged yet")
         else:
@@ -148,6 +148,7 @@ class Monitor:
                 labelled = self._labelled(db, ctx)
                 drift = self._drift_report(db, ctx, notes)
                 inputs = self._inputs(db, ctx, now)
+                shadow = self._shadow(db)
             finally:
                 db.execute("COMMIT")
         snap: dict[str, Any] = {"model": self.model, "version": ctx["version"], "task": ctx["task"], "at": now,
@@ -155,13 +156,28 @@ class Monitor:
         snap.update(self._traffic(*rollups, ctx, now))
         snap["quality"], snap["labels"]["delay"] = self._quality(labelled, ctx)
         snap["task"] = snap["task"] or snap["quality"]["task"]
-        snap["drift"], snap["inputs"], snap["notes"] = drift, inputs, notes
+        snap["drift"], snap["inputs"], snap["notes"], snap["shadow"] = drift, inputs, notes, shadow
         status = evaluate_alerts(baseline=ctx["baseline"], quality=snap["quality"]["current"],
                                  drift=self._drift if drift is not None else None,
                                  error_rate=snap["traffic"]["error_rate"], p99_latency_ms=snap["traffic"]["p99_ms"],
                                  thresholds=self.thresholds)
         snap["alert"] = status.to_dict()
         return _plain(snap)
+
+    def _shadow(self, db: sqlite3.Connection) -> dict[str, Any] | None:
+        """How often the shadow version's answers (``<model>@shadow``) agree with production's."""
+        rows = db.execute(
+            "SELECT s.version, s.label, p.label, s.status FROM predictions s JOIN predictions p "
+            "ON p.id = substr(s.id, 8) WHERE s.model = ? ORDER BY s.seq DESC LIMIT ?",
+            (f"{self.model}@shadow", self.drift_sample)).fetchall()
+        if not rows:
+            return None
+        version = rows[0][0]
+        rows = [r for r in rows if r[0] == version]
+        answered = [r for r in rows if r[3] == 200]
+        same = sum(label_key(r[1]) == label_key(r[2]) for r in answered)
+        return {"version": version, "n": len(rows), "errors": len(rows) - len(answered),
+                "agreement": same / len(answered) if answered else None}
 
     def _rollups(self, db: sqlite3.Connection, now: float) -> tuple[np.ndarray, np.ndarray]:
         first = int((now - self.history_seconds) // BUCKET_SECONDS)

@@ -8,6 +8,7 @@ the prediction log's sink as one :class:`~nbdeploy.serve.events.PredictionEvent`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -27,6 +28,7 @@ from nbdeploy.serve.metrics import Metrics
 from nbdeploy.serve.mlflow_format import decode_scoring_request, encode_predictions
 from nbdeploy.serve.protocol import decode_infer_request, encode_infer_response
 from nbdeploy.serve.runtime import LoadedModel, Runtime
+from nbdeploy.store import SHADOW
 
 log = logging.getLogger("nbdeploy.server")
 Headers = list[tuple[bytes, bytes]]
@@ -130,6 +132,12 @@ class InferenceRoute:
                 version=model.version, inputs=tensors, outputs=results, latency_ms=elapsed * 1000,
                 status=status, error=error,
             ))
+            if status == 200 and params.get("version") is None:
+                shadow = shadow_of(ctx, model)
+                if shadow is not None:  # after the answer went out: the client never waits for it
+                    task = asyncio.ensure_future(run_shadow(shadow, tensors, request_id or new_id(), sink))
+                    _SHADOW_TASKS.add(task)
+                    task.add_done_callback(_SHADOW_TASKS.discard)
 
     def error(self, exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
         return error_body(exc)
@@ -141,6 +149,42 @@ class InferenceRoute:
     def encode(self, model: LoadedModel, request_id: str, decoded: Any,
                results: dict[str, np.ndarray]) -> tuple[bytes, bytes, Headers | None]:
         raise NotImplementedError
+
+
+_SHADOW_TASKS: set[asyncio.Future] = set()
+
+
+def shadow_of(ctx: ServerContext, model: LoadedModel) -> LoadedModel | None:
+    """The version the ``shadow`` alias points at, when it is another loaded version of ``model``."""
+    served = ctx.runtime.models().get(model.name)
+    version = served.aliases.get(SHADOW) if served else None
+    if version is None or version == model.version:
+        return None
+    return served.versions.get(version)
+
+
+async def run_shadow(shadow: LoadedModel, tensors: dict[str, np.ndarray], request_id: str, sink: Any) -> None:
+    """Answer a copy of a production request with the shadow version and log it as ``<model>@shadow``.
+
+    Its ids are ``shadow:<request id>`` so the monitor can pair each answer with production's.
+    """
+    started = time.perf_counter()
+    results: dict[str, np.ndarray] = {}
+    status, error = 200, None
+    try:
+        feeds, rows = handlers.validate(shadow, tensors)
+        results = await shadow.predict(feeds, rows)
+    except NbdeployError as exc:
+        status, error = exc.status, exc.message
+    except Exception as exc:  # the shadow must never disturb production: log and move on
+        log.exception("shadow version %s of %s failed", shadow.version, shadow.name)
+        status, error = 500, f"{type(exc).__name__}: {exc}"
+    elapsed = time.perf_counter() - started
+    sink.put(PredictionEvent(
+        id=f"{SHADOW}:{request_id}", ts=time.time() - elapsed, model=f"{shadow.name}@{SHADOW}",
+        version=shadow.version, inputs=tensors, outputs=results, latency_ms=elapsed * 1000, status=status,
+        error=error,
+    ))
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -1,5 +1,5 @@
-"""The registry (versions, aliases, serving state) and, later, the prediction log."""
+"""The registry (versions, aliases, runs, serving state); the prediction log is in store.log."""
 
-from nbdeploy.store.registry import PRODUCTION, ServerRecord, Store, VersionRecord, check_name
+from nbdeploy.store.registry import PRODUCTION, SHADOW, ServerRecord, Store, VersionRecord, check_name
 
-__all__ = ["PRODUCTION", "ServerRecord", "Store", "VersionRecord", "check_name"]
+__all__ = ["PRODUCTION", "SHADOW", "ServerRecord", "Store", "VersionRecord", "check_name"]

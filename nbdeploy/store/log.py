@@ -293,7 +293,8 @@ def registry_profiles(store: Any) -> Profiles:
     """Reference profiles from the registry (``model.json`` key ``"profile"``), for ``profiles=``."""
 
     def profile(model: str, version: int) -> dict | None:
-        return store.version(model, version).meta.get("profile")
+        name = model.split("@", 1)[0]  # "<model>@shadow" is the shadow traffic of <model>
+        return store.version(name, version).meta.get("profile")
 
     return profile
 

@@ -30,6 +30,7 @@ from typing import Any
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
 
 PRODUCTION = "production"
+SHADOW = "shadow"  # the version that gets a copy of live traffic, answers logged, never returned
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS served (
     name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
     at REAL NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS workers (
+    pid INTEGER PRIMARY KEY, applied INTEGER NOT NULL DEFAULT -1, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_served (
+    pid INTEGER NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
+    PRIMARY KEY (pid, name, version));
 INSERT OR IGNORE INTO state (key, value) VALUES ('generation', 0);
 """
 
@@ -243,6 +249,14 @@ class Store:
             self._bump(db)
         return int(row[0]) if row else None
 
+    def remove_alias(self, name: str, alias: str) -> int | None:
+        """Drop ``alias``; returns the version it pointed at (None if it did not exist)."""
+        with self._tx() as db:
+            row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            db.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            self._bump(db)
+        return int(row[0]) if row else None
+
     def aliases(self, name: str) -> dict[str, int]:
         rows = self._conn().execute("SELECT alias, version FROM aliases WHERE name = ?", (name,)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
@@ -293,10 +307,66 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM server WHERE pid = ?", (pid,))
             db.execute("DELETE FROM served")
+            db.execute("DELETE FROM workers")
+            db.execute("DELETE FROM worker_served")
 
-    def report_served(self, generation: int, states: dict[tuple[str, int], tuple[str, str | None]]) -> None:
-        """Record which versions the server holds (``ready``/``failed``) as of ``generation``."""
+    # -- several worker processes behind one server (``nbdeploy serve --workers N``) ---------
+    def add_worker(self, pid: int) -> None:
+        """The server's parent announces a worker before it reports, so ``applied`` waits for it too."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO workers (pid, applied, at) VALUES (?, -1, ?)", (pid, time.time()))
+            self._aggregate(db)
+
+    def remove_worker(self, pid: int) -> None:
+        """A worker that exited no longer holds ``applied`` back."""
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE pid = ?", (pid,))
+            db.execute("DELETE FROM worker_served WHERE pid = ?", (pid,))
+            self._aggregate(db)
+
+    def workers(self) -> dict[int, int]:
+        """Worker pid -> the generation it last applied (empty for a single-process server)."""
+        return {int(r[0]): int(r[1]) for r in self._conn().execute("SELECT pid, applied FROM workers")}
+
+    def _aggregate(self, db: sqlite3.Connection) -> None:
+        """``served`` and ``server.applied`` as one server seen from outside: a version is ready when
+        every worker holds it, failed when one failed to load it, and ``applied`` is the slowest worker's."""
+        pids = [int(r[0]) for r in db.execute("SELECT pid FROM workers")]
+        if not pids:
+            return
+        applied = db.execute("SELECT MIN(applied) FROM workers").fetchone()[0]
+        db.execute("UPDATE server SET applied = ? WHERE id = 1", (applied,))
+        states: dict[tuple[str, int], list[tuple[str, str | None]]] = {}
+        for name, version, state, error in db.execute("SELECT name, version, state, error FROM worker_served"):
+            states.setdefault((name, int(version)), []).append((state, error))
         now = time.time()
+        db.execute("DELETE FROM served")
+        for (name, version), seen in states.items():
+            failed = [e for s, e in seen if s != "ready"]
+            if failed:
+                db.execute("INSERT INTO served (name, version, state, error, at) VALUES (?,?,?,?,?)",
+                           (name, version, "failed", failed[0], now))
+            elif len(seen) == len(pids):
+                db.execute("INSERT INTO served (name, version, state, error, at) VALUES (?,?,?,?,?)",
+                           (name, version, "ready", None, now))
+
+    def report_served(self, generation: int, states: dict[tuple[str, int], tuple[str, str | None]],
+                      worker: int | None = None) -> None:
+        """Record which versions the server holds (``ready``/``failed``) as of ``generation``.
+
+        ``worker`` (a pid) when the server runs several worker processes: each reports its own
+        state and ``served``/``server.applied`` become their aggregate (see :meth:`_aggregate`).
+        """
+        now = time.time()
+        if worker is not None:
+            with self._tx() as db:
+                db.execute("INSERT INTO workers (pid, applied, at) VALUES (?,?,?) ON CONFLICT(pid) DO UPDATE "
+                           "SET applied = excluded.applied, at = excluded.at", (worker, generation, now))
+                db.execute("DELETE FROM worker_served WHERE pid = ?", (worker,))
+                db.executemany("INSERT INTO worker_served (pid, name, version, state, error) VALUES (?,?,?,?,?)",
+                               [(worker, n, v, s, e) for (n, v), (s, e) in states.items()])
+                self._aggregate(db)
+            return
         with self._tx() as db:
             db.execute("DELETE FROM served")
             db.executemany("INSERT INTO served (name, version, state, error, at) VALUES (?,?,?,?,?)",

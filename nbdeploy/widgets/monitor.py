@@ -104,6 +104,11 @@ def summary_html(snap: dict[str, Any]) -> str:
         (metric, f"{_f(current.get(metric), '.3f')} (last {current.get('n', 0)} labels) vs baseline {_f(base, '.3f')}"),
         ("requests / dropped", f"{tr['requests']} / {tr['dropped']}"),
     ]
+    shadow = snap.get("shadow")
+    if shadow:
+        cells.append((f"shadow v{shadow['version']} agrees",
+                      f"{_f(None if shadow['agreement'] is None else 100 * shadow['agreement'], '.1f', ' %')}"
+                      f" of {shadow['n']}"))
     dropped = (f'<div style="color:{COLOURS["ALERT"]}">{tr["dropped"]} prediction events could not be logged '
                "(the log could not keep up): figures undercount</div>") if tr["dropped"] else ""
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in alert["reasons"])
