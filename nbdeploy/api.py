@@ -18,9 +18,9 @@ from nbdeploy.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimat
 from nbdeploy.convert import Converted
 from nbdeploy.deployment import Deployment
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.evaluation import EvaluationResult, GateDecision, TrainResult, evaluate
-from nbdeploy.evaluation import train as _train
+from nbdeploy.evaluation import EvaluationResult, evaluate
 from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
+from nbdeploy.gate import GateDecision
 from nbdeploy.monitor import reference_profile
 from nbdeploy.predictor import OnnxPredictor
 from nbdeploy.promotion import GateRefused, judge
@@ -29,6 +29,8 @@ from nbdeploy.promotion import promote as _promote
 from nbdeploy.promotion import rollback as _rollback
 from nbdeploy.serve import process
 from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name
+from nbdeploy.training import TrainResult
+from nbdeploy.training import train as _train
 from nbdeploy.widgets.registry import RegistryTable
 
 # Runs recorded by train(), by the fitted model they produced: deploy() finds its held-out data here.

@@ -10,8 +10,8 @@ import numpy as np
 
 from nbdeploy import client
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
-from nbdeploy.evaluation import GateDecision
 from nbdeploy.fidelity import FidelityReport
+from nbdeploy.gate import GateDecision
 from nbdeploy.serve import process
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store

@@ -12,7 +12,6 @@ threads may draw).
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import math
@@ -21,24 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from sklearn import metrics as skm
-from sklearn.base import ClusterMixin, clone, is_classifier, is_clusterer, is_regressor
+from sklearn.base import ClusterMixin, is_classifier, is_clusterer, is_regressor
 from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
-from sklearn.model_selection import cross_val_score, train_test_split
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted
 
 from nbdeploy.errors import InvalidInput
 
-__all__ = [
-    "PRIMARY_METRIC", "EvaluationResult", "GateDecision", "TrainResult", "compare",
-    "data_fingerprint", "evaluate", "task_of", "train",
-]
+__all__ = ["PRIMARY_METRIC", "EvaluationResult", "evaluate", "task_of"]
 
 Task = Literal["classification", "regression", "clustering"]
 PRIMARY_METRIC: dict[str, str] = {"classification": "accuracy", "regression": "r2"}
-_FLEX = '<div style="display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start">'
+FLEX = '<div style="display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start">'
 
 
 def task_of(estimator: Any) -> Task:
@@ -64,11 +58,11 @@ def task_of(estimator: Any) -> Task:
         raise InvalidInput(f"expected a scikit-learn estimator (a BaseEstimator "
                            f"subclass), got {type(estimator).__name__}") from None
     raise InvalidInput(
-        f"{_label(estimator)} is not a classifier, regressor or clusterer"
+        f"{estimator_label(estimator)} is not a classifier, regressor or clusterer"
     )
 
 
-def _label(estimator: Any) -> str:
+def estimator_label(estimator: Any) -> str:
     """Display name; a pipeline is named by its steps (``StandardScaler → SVC``)."""
     steps = getattr(estimator, "steps", None)
     if isinstance(steps, list) and steps:
@@ -96,22 +90,22 @@ def _metric(fn: Any, *args: Any, optional: bool = False, **kw: Any) -> float | N
             raise
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     """JSON-safe copy: numpy scalars unwrapped, containers walked, the rest ``repr``."""
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else repr(v)
     if isinstance(v, np.generic):
-        return _jsonable(v.item())
+        return jsonable(v.item())
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     return repr(v)
 
 
-def _rows(obj: Any, what: str) -> int:
+def n_rows(obj: Any, what: str) -> int:
     shape = getattr(obj, "shape", None)
     try:
         return int(shape[0]) if shape else len(obj)
@@ -131,30 +125,30 @@ def _column(y: Any) -> np.ndarray:
     return arr
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if v is None:
         return "—"
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _table(head: list[Any], rows: list[list[Any]], caption: str = "") -> str:
-    """An HTML table whose first column is a row header; values go through ``_fmt``."""
+def html_table(head: list[Any], rows: list[list[Any]], caption: str = "") -> str:
+    """An HTML table whose first column is a row header; values go through ``fmt``."""
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
     body = "".join(
-        f"<tr><th>{_fmt(r[0])}</th>" + "".join(f"<td>{_fmt(c)}</td>" for c in r[1:])
+        f"<tr><th>{fmt(r[0])}</th>" + "".join(f"<td>{fmt(c)}</td>" for c in r[1:])
         + "</tr>"
         for r in rows
     )
     return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _png(fig: Any) -> str:
+def png_data_uri(fig: Any) -> str:
     """Figure -> ``<img>`` with the PNG embedded, so saved notebooks keep the plot."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
@@ -191,14 +185,14 @@ class EvaluationResult:
     def summary(self) -> str:
         """One line, for logs and ``text/plain``."""
         who = f"{self.name}: " if self.name else ""
-        score = _fmt(self.score)
+        score = fmt(self.score)
         return f"{who}{self.task}, {self.primary_metric}={score} on n={self.n}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary, without the per-row predictions."""
         keys = ("task", "name", "primary_metric", "score", "n", "metrics",
                 "per_class", "confusion", "classes", "residuals")
-        return {k: _jsonable(getattr(self, k)) for k in keys}
+        return {k: jsonable(getattr(self, k)) for k in keys}
 
     def figure(self) -> Any:
         """A matplotlib ``Figure``: confusion heatmap, or prediction-error plots."""
@@ -228,22 +222,22 @@ class EvaluationResult:
         primary = self.primary_metric
         rows = [[f"{k} (primary)" if k == primary else k, v]
                 for k, v in self.metrics.items()]
-        parts = [_table(["metric", "value"], rows, "metrics")]
+        parts = [html_table(["metric", "value"], rows, "metrics")]
         if self.per_class is not None:
             rows = [[c, *m.values()] for c, m in self.per_class.items()]
             head = ["class", "precision", "recall", "f1", "support"]
-            parts.append(_table(head, rows, "per class"))
+            parts.append(html_table(head, rows, "per class"))
         if self.confusion is not None and self.classes is not None:
             rows = [[c, *r] for c, r in zip(self.classes, self.confusion, strict=True)]
             head = ["true \\ pred", *self.classes]
-            parts.append(_table(head, rows, "confusion matrix"))
+            parts.append(html_table(head, rows, "confusion matrix"))
         if self.residuals is not None:
             rows = [[k, v] for k, v in self.residuals.items()]
             caption = "residuals (y_true − y_pred)"
-            parts.append(_table(["residual", "value"], rows, caption))
-        plot = _png(self.figure()) if self.task == "regression" else ""
+            parts.append(html_table(["residual", "value"], rows, caption))
+        plot = png_data_uri(self.figure()) if self.task == "regression" else ""
         return (f'<div class="nbdeploy-report"><h4>{html.escape(self.summary())}</h4>'
-                f"{_FLEX}{''.join(parts)}</div>{plot}</div>")
+                f"{FLEX}{''.join(parts)}</div>{plot}</div>")
 
 
 def _classification(model: Any, X: Any, y: np.ndarray, pred: np.ndarray) -> dict:
@@ -317,7 +311,7 @@ def evaluate(
     labels to compare with), or predictions sklearn cannot score against ``y``.
     """
     task = task_of(model)
-    label = name or _label(model)
+    label = name or estimator_label(model)
     if task == "clustering":
         raise InvalidInput(f"{label} is a clusterer: only classifiers and regressors "
                            "can be evaluated against labels")
@@ -327,7 +321,7 @@ def evaluate(
     except NotFittedError:
         msg = f"{label} is not fitted: call fit() or train() first"
         raise InvalidInput(msg) from None
-    n, n_y = _rows(X, "X"), _rows(y, "y")
+    n, n_y = n_rows(X, "X"), n_rows(y, "y")
     if n != n_y or n == 0:
         raise InvalidInput(f"expected X and y with the same number of rows (> 0), "
                            f"got {n} and {n_y}")
@@ -337,239 +331,10 @@ def evaluate(
         parts = (_classification(model, X, y_true, y_pred) if task == "classification"
                  else _regression(y_true, y_pred))
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"cannot evaluate {label}: {_first_line(exc)}") from exc
+        raise InvalidInput(f"cannot evaluate {label}: {first_line(exc)}") from exc
     return EvaluationResult(
         task=task, metrics=parts["metrics"], per_class=parts.get("per_class"),
         confusion=parts.get("confusion"), classes=parts.get("classes"), n=n,
         primary_metric=PRIMARY_METRIC[task], y_true=y_true, y_pred=y_pred, name=label,
         residuals=parts.get("residuals"),
-    )
-
-
-@dataclass(eq=False)
-class GateDecision:
-    """Outcome of the promotion gate; ``reason`` quotes the scores that decided it."""
-
-    passed: bool
-    metric: str
-    champion_score: float | None
-    challenger_score: float | None
-    min_score: float | None
-    tolerance: float
-    reason: str
-    champion: EvaluationResult | None = field(default=None, repr=False)
-    challenger: EvaluationResult | None = field(default=None, repr=False)
-
-    def summary(self) -> str:
-        """One line, for logs and ``text/plain``."""
-        return f"{'PASSED' if self.passed else 'REFUSED'}: {self.reason}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record of the decision (the scores, not the evaluations)."""
-        keys = ("passed", "metric", "champion_score", "challenger_score", "min_score",
-                "tolerance", "reason")
-        return {k: _jsonable(getattr(self, k)) for k in keys}
-
-    def _repr_html_(self) -> str:
-        color = "#1a7f37" if self.passed else "#cf222e"
-        verdict = "PASSED" if self.passed else "REFUSED"
-        head = (f'<h4 style="color:{color}">{verdict}</h4>'
-                f"<p>{html.escape(self.reason)}</p>")
-        table = _table(["", self.metric], [
-            ["champion", self.champion_score], ["challenger", self.challenger_score],
-            ["min_score", self.min_score], ["tolerance", self.tolerance]])
-        figs = "".join(
-            f"<figure>{_png(r.figure())}<figcaption>{role}: {self.metric} "
-            f"{_fmt(r.score)}</figcaption></figure>"
-            for role, r in (("champion", self.champion),
-                            ("challenger", self.challenger))
-            if r is not None
-        )
-        return f'<div class="nbdeploy-gate">{head}{table}{_FLEX}{figs}</div></div>'
-
-
-def compare(champion: EvaluationResult | None, challenger: EvaluationResult, *,
-            min_score: float | None = None, tolerance: float = 0.0) -> GateDecision:
-    """Promotion gate on the primary metric (higher is better).
-
-    Passes iff ``challenger.score >= min_score`` (when given) and, when there is a
-    champion, ``challenger.score >= champion.score - tolerance``; a challenger without a
-    score never passes. Scoring both on the same held-out rows is the caller's job.
-    """
-    if not isinstance(challenger, EvaluationResult) or not (
-        champion is None or isinstance(champion, EvaluationResult)
-    ):
-        raise InvalidInput("expected EvaluationResult objects from evaluate()")
-    if champion is not None and champion.primary_metric != challenger.primary_metric:
-        raise InvalidInput(f"cannot compare a {champion.task} champion with a "
-                           f"{challenger.task} challenger")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-        tolerance >= 0
-    ):
-        raise InvalidInput(f"expected tolerance >= 0, got {tolerance!r}")
-    if min_score is not None and (
-        isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-    ):
-        raise InvalidInput(f"expected min_score as a number or None, got {min_score!r}")
-    metric, new = challenger.primary_metric, challenger.score
-    old = None if champion is None else champion.score
-    failed: list[str] = []
-    passed: list[str] = []
-    if new is None:
-        failed.append(f"challenger has no {metric} on this data")
-    else:
-        if min_score is not None:
-            ok = new >= min_score
-            (passed if ok else failed).append(
-                f"challenger {metric} {new:.4f} {'>=' if ok else '<'} floor "
-                f"{min_score:.4f}")
-        if old is not None:
-            bar = old - tolerance
-            ok = new >= bar
-            (passed if ok else failed).append(
-                f"challenger {metric} {new:.4f} {'>=' if ok else '<'} champion "
-                f"{old:.4f} - tolerance {tolerance:.4f} = {bar:.4f}")
-        else:
-            who = "no champion" if champion is None else f"champion has no {metric}"
-            passed.append(f"{who}: judged on the floor only")
-    return GateDecision(
-        passed=not failed, metric=metric, champion_score=old, challenger_score=new,
-        min_score=None if min_score is None else float(min_score),
-        tolerance=float(tolerance), reason="; ".join(failed or passed),
-        champion=champion, challenger=challenger,
-    )
-
-
-def data_fingerprint(X: Any, y: Any) -> str:
-    """sha256 (hex) over column names, dtypes, shape and row-ordered values of X and y.
-
-    Built on pandas' keyed row hashing, which is fixed across processes and machines,
-    so equal data gives the same digest in every run. The index is ignored.
-    """
-    h = hashlib.sha256()
-    for part in (X, y):
-        if isinstance(part, pd.Series):
-            frame = part.to_frame()
-        elif isinstance(part, pd.DataFrame):
-            frame = part
-        else:
-            arr = np.asarray(part)
-            frame = pd.DataFrame(arr if arr.ndim == 2 else arr.reshape(len(arr), -1))
-        meta = ([str(c) for c in frame.columns], [str(d) for d in frame.dtypes],
-                frame.shape)
-        h.update(repr(meta).encode())
-        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-
-@dataclass(eq=False)
-class TrainResult:
-    """A fitted model, its held-out evaluation and CV scores, and what reproduces it."""
-
-    model: Any
-    evaluation: EvaluationResult
-    cv_scores: list[float] | None
-    params: dict[str, Any]
-    fingerprint: str
-    X_train: Any = field(repr=False)
-    y_train: Any = field(repr=False)
-    X_test: Any = field(repr=False)
-    y_test: Any = field(repr=False)
-    seed: int | None = 0
-    test_size: float = 0.2
-    stratify: bool = False
-    cv: int | None = None
-
-    @property
-    def score(self) -> float | None:
-        """The held-out primary metric (``evaluation.score``)."""
-        return self.evaluation.score
-
-    def summary(self) -> str:
-        """One line, for logs and ``text/plain``."""
-        cv = f", cv mean {np.mean(self.cv_scores):.4f}" if self.cv_scores else ""
-        return f"{self.evaluation.summary()} (held out){cv}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record of the run (parameters, sizes, scores), without the data."""
-        cv = self.cv_scores
-        return _jsonable({
-            "estimator": self.evaluation.name, "task": self.evaluation.task,
-            "params": self.params, "fingerprint": self.fingerprint, "seed": self.seed,
-            "test_size": self.test_size, "stratify": self.stratify, "cv": self.cv,
-            "cv_scores": cv, "cv_mean": float(np.mean(cv)) if cv else None,
-            "cv_std": float(np.std(cv)) if cv else None,
-            "n_train": _rows(self.X_train, "X"), "n_test": _rows(self.X_test, "X"),
-            "evaluation": self.evaluation.to_dict(),
-        })
-
-    def _repr_html_(self) -> str:
-        d = self.to_dict()
-        rows = [["estimator", d["estimator"]],
-                ["train / test rows", f"{d['n_train']} / {d['n_test']}"],
-                ["seed", d["seed"]], ["stratified", d["stratify"]]]
-        if d["cv_mean"] is not None:
-            rows.append([f"cv {self.evaluation.primary_metric} ({d['cv']} folds)",
-                         f"{d['cv_mean']:.4f} ± {d['cv_std']:.4f}"])
-        rows.append(["data fingerprint", self.fingerprint[:16]])
-        return (f'<div class="nbdeploy-train">{_table(["run", ""], rows)}'
-                f"{self.evaluation._repr_html_()}</div>")
-
-
-def train(estimator: Any, X: Any, y: Any, *, test_size: float = 0.2,
-          stratify: bool = False, cv: int | None = None,
-          seed: int | None = 0) -> TrainResult:
-    """Split, fit a clone of ``estimator`` on the train part, score the held-out part.
-
-    ``seed`` drives the split and fills every ``random_state`` the estimator left as
-    None (recorded in ``params``), so the same call gives the same metrics. ``cv=K``
-    also cross-validates the train part (K primary-metric scores). The caller's
-    estimator is never fitted.
-    """
-    task = task_of(estimator)
-    if not hasattr(estimator, "get_params"):
-        raise InvalidInput(
-            f"expected a scikit-learn estimator, got {type(estimator).__name__}"
-        )
-    if task == "clustering":
-        raise InvalidInput("expected a classifier or regressor: a clusterer has no "
-                           "held-out score")
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not (
-        0 < test_size < 1
-    ):
-        raise InvalidInput(f"expected test_size as a fraction between 0 and 1 "
-                           f"(exclusive), got {test_size!r}")
-    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, int) or cv < 2):
-        raise InvalidInput(f"expected cv as a number of folds >= 2 or None, got {cv!r}")
-    if stratify and task != "classification":
-        raise InvalidInput("stratify=True needs a classifier: regression targets have "
-                           "no classes")
-    n, n_y = _rows(X, "X"), _rows(y, "y")
-    if n != n_y:
-        raise InvalidInput(f"expected one y value per row of X, got {n} rows and "
-                           f"{n_y} values")
-    model = clone(estimator)
-    if seed is not None:
-        unset = [k for k, v in model.get_params(deep=True).items()
-                 if k.endswith("random_state") and v is None]
-        model.set_params(**dict.fromkeys(unset, seed))
-    name = _label(estimator)
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=test_size, random_state=seed,
-            stratify=y if stratify else None,
-        )
-        scores = None if cv is None else cross_val_score(
-            clone(model), X_train, y_train, cv=cv, scoring=PRIMARY_METRIC[task],
-            error_score="raise",
-        ).tolist()
-        model.fit(X_train, y_train)
-    except ValueError as exc:
-        raise InvalidInput(f"cannot train {name}: {_first_line(exc)}") from exc
-    return TrainResult(
-        model=model, evaluation=evaluate(model, X_test, y_test, name=name),
-        cv_scores=scores, params=_jsonable(model.get_params(deep=False)),
-        fingerprint=data_fingerprint(X, y), X_train=X_train, y_train=y_train,
-        X_test=X_test, y_test=y_test, seed=seed, test_size=float(test_size),
-        stratify=stratify, cv=cv,
     )

@@ -10,7 +10,8 @@ from typing import Any
 
 from nbdeploy.artifacts import HOLDOUT_FILE, read_rows
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.evaluation import EvaluationResult, GateDecision, compare, evaluate
+from nbdeploy.evaluation import EvaluationResult, evaluate
+from nbdeploy.gate import GateDecision, compare
 from nbdeploy.predictor import OnnxPredictor
 from nbdeploy.store import PRODUCTION, Store, VersionRecord
 

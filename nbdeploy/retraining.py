@@ -14,7 +14,7 @@ import orjson
 from nbdeploy import api
 from nbdeploy.artifacts import TRAIN_FILE, load_estimator, read_rows, restore_dtypes
 from nbdeploy.errors import InvalidInput
-from nbdeploy.evaluation import GateDecision
+from nbdeploy.gate import GateDecision
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store, VersionRecord
 from nbdeploy.store.log import LOG_FILE, connect

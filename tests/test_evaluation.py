@@ -20,15 +20,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from nbdeploy.errors import InvalidInput
-from nbdeploy.evaluation import (
-    EvaluationResult,
-    GateDecision,
-    compare,
-    data_fingerprint,
-    evaluate,
-    task_of,
-    train,
-)
+from nbdeploy.evaluation import EvaluationResult, evaluate, task_of
+from nbdeploy.gate import GateDecision, compare
+from nbdeploy.training import data_fingerprint, train
 
 LOADERS = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}
 
@@ -363,7 +357,7 @@ def test_fingerprint_is_stable_and_tracks_the_data(iris):
 def test_fingerprint_is_the_same_in_another_process(iris):
     X, y = iris
     code = ("from sklearn.datasets import load_iris; "
-            "from nbdeploy.evaluation import data_fingerprint; "
+            "from nbdeploy.training import data_fingerprint; "
             "print(data_fingerprint(*load_iris(return_X_y=True, as_frame=True)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

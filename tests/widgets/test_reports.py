@@ -11,7 +11,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from nbdeploy.errors import InvalidInput
-from nbdeploy.evaluation import compare, evaluate, train
+from nbdeploy.evaluation import evaluate
+from nbdeploy.gate import compare
+from nbdeploy.training import train
 from nbdeploy.widgets.reports import ReportWidget, report_bundle, report_widget
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
