@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py                 # everything (≈ 25 min the first time)
     .venv/bin/python benchmarks/serving.py --quick         # 2 s cells, 1 round, no peers
+    .venv/bin/python benchmarks/serving.py --workers-only  # 1 vs 2 worker processes, lr, 1 row, c16
 
 Servers: (a) the floor (raw ASGI, uvicorn + uvloop + httptools, constant answer), (b) nbdeploy
 (`nbdeploy serve`, validation and prediction logging on), (c) FastAPI + scikit-learn, (d) MLflow
@@ -32,7 +33,7 @@ CELLS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (rows per request, concurrency
 
 
 def nbdeploy_server(label: str, work: Path, model_list: list, batching: str = "auto",
-                    log: str = "on") -> harness.Server:
+                    log: str = "on", workers: int = 1) -> harness.Server:
     from nbdeploy.store import Store
 
     home = work / f"home-{label.replace(' ', '-').replace(',', '')}"
@@ -42,7 +43,7 @@ def nbdeploy_server(label: str, work: Path, model_list: list, batching: str = "a
         bench_models.register(store, model)
     port = harness.free_port()
     argv = [sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(home), "--port", str(port),
-            "--batching", batching]
+            "--batching", batching, "--workers", str(workers)]
     env = {**os.environ, "NBDEPLOY_PREDICTION_LOG": log}
     return harness.Server(label, argv, f"http://127.0.0.1:{port}/v2/health/ready",
                           f"http://127.0.0.1:{port}/v2/models/{model_list[0].name}/infer", ROOT, env)
@@ -125,6 +126,39 @@ def measure_startup(work: Path, model, repeats: int = 5) -> dict:
     return {"startup_s": statistics.median(times), "rss_mb": max(rss)}
 
 
+def measure_workers(work: Path, wrk_bin: str, args) -> list[str]:
+    """Single-row logistic regression at c16: ``nbdeploy serve`` with 1 and with 2 worker processes,
+    interleaved rounds; returns markdown lines (median of the rounds) for docs/performance.md."""
+    model = bench_models.build(["lr"])[0]
+    servers = [nbdeploy_server(f"nbdeploy, {n} worker{'s' if n > 1 else ''}", work, [model], workers=n)
+               for n in (1, 2)]
+    rps: dict[str, list[float]] = {s.label: [] for s in servers}
+    p50: dict[str, list[float]] = {s.label: [] for s in servers}
+    rss: dict[str, float] = {}
+    live = [s for s in servers if s.start(work / f"{s.label}.log")]
+    try:
+        for server in live:
+            harness.wrk(wrk_bin, server.score_url, body_file(work, server, model, 1), 16, 1)  # warm-up
+        for _ in range(args.rounds):
+            for server in live:
+                r = harness.wrk(wrk_bin, server.score_url, body_file(work, server, model, 1), 16, args.duration)
+                rps[server.label].append(r.rps)
+                p50[server.label].append(r.p50_ms)
+                rss[server.label] = max(rss.get(server.label, 0.0), server.rss_mb())
+                print(f"  {server.label:20} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms"
+                      + (f"  errors {r.errors}" if r.errors else ""), flush=True)
+    finally:
+        for server in live:
+            server.stop()
+    lines = ["| server | req/s (median) | rounds | p50 ms | resident MB (all processes) |",
+             "|---|---:|---|---:|---:|"]
+    for server in live:
+        runs = ", ".join(f"{v:,.0f}" for v in rps[server.label])
+        lines.append(f"| {server.label} | {statistics.median(rps[server.label]):,.0f} | {runs} | "
+                     f"{statistics.median(p50[server.label]):.3f} | {rss[server.label]:.0f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5, help="seconds per cell (default 5)")
@@ -133,8 +167,15 @@ def main() -> None:
     parser.add_argument("--peers", default="fastapi,mlflow,bentoml", help="comma list, or 'none'")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s cells, one round, no peers")
+    parser.add_argument("--workers-only", action="store_true",
+                        help="only 1 vs 2 worker processes (lr, 1 row, c16); prints a table, writes nothing")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args()
+    if args.workers_only:
+        work = HERE / ".work"
+        work.mkdir(exist_ok=True)
+        print("\n".join(measure_workers(work, harness.ensure_wrk(), args)))
+        return
     if args.quick:
         args.duration, args.rounds, args.peers = 2, 1, "none"
     wrk_bin = harness.ensure_wrk()
@@ -153,6 +194,8 @@ def main() -> None:
         else:
             servers.append(nbdeploy_server("nbdeploy", work, [model]))
             servers.append(nbdeploy_server("nbdeploy, log off", work, [model], log="off"))
+            if model.name == "lr":
+                servers.append(nbdeploy_server("nbdeploy, 2 workers", work, [model], workers=2))
             servers += [peer_server(p, model, work) for p in peer_names]
         results += measure_model(model, servers, work, wrk_bin, args)
     startup = measure_startup(work, built[0])

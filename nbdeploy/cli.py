@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-wait-ms", type=float, help="longest a batch waits for more rows (default 1)")
     serve.add_argument("--max-queue-rows", type=int, help="rows queued per version before 503 (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, help="request body limit (default 4 MiB)")
+    serve.add_argument("--workers", type=int,
+                       help="server processes sharing the port (default 1, or $NBDEPLOY_WORKERS)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     for name, text in (("list", "models served from the store"), ("shutdown", "stop the store's server process")):
         cmd = sub.add_parser(name, help=text)
@@ -73,7 +75,7 @@ def _serve(args: argparse.Namespace, home: str | None) -> int:
 
     config = ServeConfig.from_env(batching=args.batching, max_batch_rows=args.max_batch_rows,
                                   max_batch_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,
-                                  max_body_bytes=args.max_body_bytes)
+                                  max_body_bytes=args.max_body_bytes, workers=args.workers)
     run(home, args.host, args.port, args.log_level, config=config, allow_hosts=tuple(args.allow_host))
     return 0
 

@@ -1,10 +1,18 @@
-"""nbval runs these notebooks as tests; their kernels inherit this process's environment."""
+"""nbval runs these notebooks as tests; each notebook's kernel gets a store of its own."""
 
 import os
 import tempfile
+from pathlib import Path
+
+import pytest
 
 
-def pytest_configure(config):
-    # Each test session starts from an empty store, so the versions the notebooks print are the
-    # ones saved in them (a user's own runs keep ./.nbdeploy and count up).
-    os.environ["NBDEPLOY_HOME"] = tempfile.mkdtemp(prefix="nbdeploy-notebooks-")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # The kernel starts when the notebook's first cell is set up and inherits this environment:
+    # a fresh store per notebook, so the versions and model lists it prints are the ones saved in
+    # it (a user's own runs keep ./.nbdeploy and count up).
+    notebook = item.parent
+    if getattr(notebook, "nbdeploy_home", None) is None:
+        notebook.nbdeploy_home = tempfile.mkdtemp(prefix=f"nbdeploy-{Path(str(notebook.path)).stem}-")
+        os.environ["NBDEPLOY_HOME"] = notebook.nbdeploy_home

@@ -165,8 +165,6 @@ def test_kernel_shows_the_proxied_url_and_it_works(jupyter, deployed):
     assert answer["model_name"] == "iris" and answer["outputs"][0]["name"] == "label"
 
 
-@pytest.mark.xfail(strict=True, reason="nbdeploy.serve refuses a Host it does not know (421): the server should also "
-                   "accept nbdeploy.urls.browser_hosts() (NBDEPLOY_PUBLIC_URL, JUPYTERHUB_PUBLIC_URL); see the report")
 def test_a_hub_public_host_reaches_the_endpoint(jupyter, deployed):
     """On a hub the browser's Host is the hub's name, and jupyter-server-proxy passes it on."""
     proxied = f"{jupyter['url']}proxy/{deployed['port']}"

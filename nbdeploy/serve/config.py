@@ -34,6 +34,8 @@ class ServeConfig:
     """ONNX Runtime intra-op threads per session."""
     drain_seconds: float = 0.2
     """On SIGTERM, readiness answers 503 for this long before the server stops taking connections."""
+    workers: int = 1
+    """Server processes sharing the one listening socket (each with its own runtime, batcher and log writer)."""
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_MODES:
@@ -42,8 +44,8 @@ class ServeConfig:
             value = getattr(self, f.name)
             if f.name != "batching" and (not isinstance(value, (int, float)) or value < 0):
                 raise InvalidInput(f"{f.name} must be a non-negative number, got {value!r}")
-        if self.max_batch_rows < 1 or self.max_body_bytes < 1 or self.max_elements < 1:
-            raise InvalidInput("max_batch_rows, max_body_bytes and max_elements must be at least 1")
+        if self.max_batch_rows < 1 or self.max_body_bytes < 1 or self.max_elements < 1 or self.workers < 1:
+            raise InvalidInput("max_batch_rows, max_body_bytes, max_elements and workers must be at least 1")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:

@@ -21,6 +21,7 @@ from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.events import EventSink, NullSink
 from nbdeploy.serve.security import allowed_hosts, is_loopback, load_or_create_token
 from nbdeploy.store import Store
+from nbdeploy.urls import browser_hosts  # behind jupyter-server-proxy the browser's Host is a hub's name
 
 log = logging.getLogger("nbdeploy.server")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -59,16 +60,11 @@ def _logging(store: Store, level: str) -> None:
 
 def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
         config: ServeConfig | None = None, allow_hosts: tuple[str, ...] = (), sink: EventSink | None = None) -> None:
-    import uvicorn
-
-    from nbdeploy.serve.app import create_app, draining
-
     store = Store(home)
     _logging(store, log_level)
     config = config or ServeConfig.from_env()
-    token = None
     if not is_loopback(host):
-        token = load_or_create_token(store.home)
+        load_or_create_token(store.home)
         log.warning("listening on %s: every route but the health checks needs the bearer token in %s",
                     host, store.home / "server.token")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -80,22 +76,42 @@ def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, 
         raise InvalidInput(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     sock.listen(2048)
     bound_port = sock.getsockname()[1]
-    app = create_app(store, config=config, sink=sink if sink is not None else make_sink(store), token=token,
-                     hosts=allowed_hosts(host, allow_hosts))
-    uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="auto",
-                               http="auto", timeout_graceful_shutdown=10, server_header=False, date_header=False)
-    server = DrainingServer(uv_config, lambda: draining(app), config.drain_seconds)
     record_host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else ("::1" if host == "::" else host)
     store.set_server(os.getpid(), record_host, bound_port)
-    log.info("serving %s on %s:%s", store.home, host, bound_port)
-    # uvicorn re-raises the signal it stopped on once it is done; a no-op handler lets us exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _ignore)
+    log.info("serving %s on %s:%s%s", store.home, host, bound_port,
+             f" with {config.workers} workers" if config.workers > 1 else "")
     try:
-        server.run(sockets=[sock])
+        if config.workers > 1:
+            from nbdeploy.serve.workers import supervise
+
+            code = supervise(store, sock, config, host=host, log_level=log_level, allow_hosts=allow_hosts)
+            if code:
+                raise SystemExit(code)
+        else:
+            serve_socket(store, sock, host, log_level, config, allow_hosts,
+                         sink if sink is not None else make_sink(store))
     finally:
         store.clear_server(os.getpid())
         log.info("stopped")
+
+
+def serve_socket(store: Store, sock: socket.socket, host: str, log_level: str, config: ServeConfig,
+                 allow_hosts: tuple[str, ...], sink: EventSink) -> None:
+    """Serve the store on an already listening socket until SIGTERM/SIGINT (one process, or one worker)."""
+    import uvicorn
+
+    from nbdeploy.serve.app import create_app, draining
+
+    token = None if is_loopback(host) else load_or_create_token(store.home)
+    app = create_app(store, config=config, sink=sink, token=token,
+                     hosts=allowed_hosts(host, (*allow_hosts, *browser_hosts())))
+    uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="auto",
+                               http="auto", timeout_graceful_shutdown=10, server_header=False, date_header=False)
+    server = DrainingServer(uv_config, lambda: draining(app), config.drain_seconds)
+    # uvicorn re-raises the signal it stopped on once it is done; a no-op handler lets us exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
+    server.run(sockets=[sock])
 
 
 def _ignore(sig: int, frame: Any) -> None:

@@ -95,13 +95,18 @@ def ensure_server(store: Store, port: int | None = None, timeout: float = START_
 
 
 def wait_applied(store: Store, generation: int, timeout: float = 60.0) -> None:
-    """Block until the server has brought itself in line with the store at ``generation``."""
+    """Block until the server has brought itself in line with the store at ``generation``: with
+    ``--workers N``, every live worker (``server.applied`` is the slowest worker's generation)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = store.server()
         if record is None or not pid_alive(record.pid):
             raise Unavailable("the nbdeploy server is not running")
-        if record.applied >= generation:
+        for pid in store.workers():  # a worker that died no longer holds the server back
+            if not pid_alive(pid):
+                store.remove_worker(pid)
+        record = store.server()
+        if record is not None and record.applied >= generation:
             return
         time.sleep(0.02)
     raise Unavailable(f"the nbdeploy server did not pick up the change within {timeout:.0f} s")

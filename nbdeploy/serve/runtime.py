@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -167,7 +168,8 @@ class Runtime:
                     log.info("retired %s version %s", model.name, model.version)
             states = {(n, v): ("ready", None) for n, m in table.items() for v in m.versions}
             states.update({k: ("failed", e) for k, e in self.failed.items() if k not in states})
-            self.store.report_served(generation, states)
+            # several worker processes report one by one; the store aggregates them (registry._aggregate)
+            self.store.report_served(generation, states, worker=os.getpid() if self.config.workers > 1 else None)
             return True
 
     def _served(self, name: str, current: ServedModel | None) -> ServedModel:

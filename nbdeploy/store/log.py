@@ -278,6 +278,9 @@ class PredictionLog:
         if len(found) < len(ids):  # a label may overtake its prediction, still in the writer's queue
             self.flush()
             found.update(labels.lookup(self._reader(), [i for i in ids if i not in found]))
+        if len(found) < len(ids):  # ... or in another server worker's queue: wait one of its commits
+            time.sleep(2 * self.interval)
+            found.update(labels.lookup(self._reader(), [i for i in ids if i not in found]))
         with self._fb_lock:
             return labels.record(self._fb, model, parsed, errors, found, BUCKET_SECONDS)
 
