@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from nbdeploy.errors import InvalidInput
+from nbdeploy.store.labels import label_key
 
 OTHER = "__other__"
 PREDICTION = "prediction"
@@ -76,20 +77,6 @@ def one_dimensional(values: Any) -> np.ndarray | pd.Series:
     return arr
 
 
-def category_key(value: Any) -> str:
-    """The JSON key for a categorical value: ``True``/``1``/``"a"`` -> ``"True"``/``"1"``/``"a"``.
-
-    Integral floats map like ints (``1.0`` -> ``"1"``), so labels survive a JSON round trip.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def is_numeric(series: pd.Series) -> bool:
     """True for int/float columns (bool is categorical); object columns holding only numbers."""
     dtype = series.dtype
@@ -115,7 +102,7 @@ def numeric_values(series: pd.Series) -> np.ndarray:
 
 def category_keys(series: pd.Series) -> list[str | None]:
     """Category keys per row; ``None`` for a missing value (None, NaN, pd.NA)."""
-    return [None if _is_missing(v) else category_key(v) for v in series.tolist()]
+    return [None if _is_missing(v) else label_key(v) for v in series.tolist()]
 
 
 def _is_missing(value: Any) -> bool:

@@ -30,9 +30,8 @@ Found = dict[str, tuple[int, str, int, float, Any, int]]  # id -> seq, model, ve
 
 
 def label_key(value: Any) -> str | None:
-    """Labels compare by key: ``1``, ``1.0`` and ``"1"`` are one class; None/NaN is no label.
-
-    The same keys as :func:`nbdeploy.monitor.profile.category_key` (which uses pandas).
+    """Labels and categories compare by key: ``1``, ``1.0`` and ``"1"`` are one class (integral
+    floats map like ints, so keys survive a JSON round trip); None/NaN is no label.
     """
     if value is None or (isinstance(value, numbers.Real) and value != value):
         return None

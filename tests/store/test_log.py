@@ -13,7 +13,6 @@ import pytest
 
 from nbdeploy.errors import InvalidInput
 from nbdeploy.monitor import reference_profile
-from nbdeploy.monitor.profile import category_key
 from nbdeploy.serve.events import PredictionEvent
 from nbdeploy.store.log import (
     BUCKET_SECONDS,
@@ -164,9 +163,14 @@ def test_registry_profiles_read_model_json(tmp_path: Path) -> None:
     assert registry_profiles(store)("m", 1) == {"columns": {}}
 
 
-@pytest.mark.parametrize("value", [1, 1.0, "1", True, False, 2.5, "setosa", np.int64(3), np.float32(2.0)])
-def test_label_keys_match_the_profile_category_keys(value: object) -> None:
-    assert label_key(value) == category_key(value)
+@pytest.mark.parametrize(("values", "key"), [([1, 1.0, "1", np.int64(1)], "1"), ([True, np.bool_(True)], "True"),
+                                             (["setosa", "setosa"], "setosa")])
+def test_labels_and_profile_categories_share_one_key(values: list, key: str) -> None:
+    import pandas as pd
+
+    assert {label_key(v) for v in values} == {key}
+    profile = reference_profile(pd.DataFrame({"c": pd.Series(values, dtype=object)}))
+    assert list(profile["columns"]["c"]["counts"]) == [key]
     assert label_key(None) is None and label_key(float("nan")) is None
 
 
