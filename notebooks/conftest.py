@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+_HOMES: list[str] = []
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
@@ -16,3 +18,13 @@ def pytest_runtest_setup(item):
     if getattr(notebook, "nbdeploy_home", None) is None:
         notebook.nbdeploy_home = tempfile.mkdtemp(prefix=f"nbdeploy-{Path(str(notebook.path)).stem}-")
         os.environ["NBDEPLOY_HOME"] = notebook.nbdeploy_home
+        _HOMES.append(notebook.nbdeploy_home)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Servers outlive the kernels that started them (by design); a notebook that failed half-way
+    # must not leave its server running after the tests.
+    import nbdeploy
+
+    for home in _HOMES:
+        nbdeploy.shutdown(home)
