@@ -14,7 +14,7 @@ import harness
 import peers
 
 TARGETS_TEXT = """\
-Targets (issue 5), as ratios on the same machine in the same run, against the floor:
+Targets, as ratios on the same machine in the same run, against the floor:
 single-row req/s at concurrency 16 ≥ 0.3× the floor, ≥ 25× MLflow, ≥ 8× BentoML; single-row p50 at
 concurrency 1 ≤ 2.5× the floor's; the ≈1 ms model with batching on at concurrency 16 ≥ 2× batching off;
 start-up to ready ≤ 1 s and resident memory ≤ 150 MB with one small model."""

@@ -93,6 +93,15 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("version", type=int, nargs="?", help="version to shadow production with")
     p.add_argument("--stop", action="store_true", help="stop shadowing")
     parsers["shadow"] = p
+    p = _Parser(prog="serve", add_help=False,
+                description="Serve the store on Ray Serve (a local Ray, or the cluster at --address).")
+    p.add_argument("name", help="model to show the endpoint of (the whole store is served)")
+    p.add_argument("--on", required=True, choices=["ray"], help="where to serve: ray")
+    p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    p.add_argument("--autoscale", metavar="MIN,MAX", help="autoscale between MIN and MAX replicas instead")
+    p.add_argument("--address", help="an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--port", type=int, default=8000, help="Ray Serve's HTTP port (default 8000)")
+    parsers["serve"] = p
     p = _Parser(prog="list", add_help=False, description="Every model in the store: versions, aliases, status.")
     parsers["list"] = p
     p = _Parser(prog="stop", add_help=False, description="Stop serving a model (the server exits when idle).")
@@ -111,7 +120,7 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
                 description="Write a stored version for another platform, with a README of the commands.")
     p.add_argument("name", help="model name")
     p.add_argument("directory", help="new or empty directory to write")
-    p.add_argument("--to", required=True, metavar="FORMAT", help="bundle, docker, triton or kserve")
+    p.add_argument("--to", required=True, metavar="FORMAT", help="bundle, docker, triton, kserve or ray")
     p.add_argument("--version", help="version number or alias to export (default: production)")
     parsers["export"] = p
     return parsers
@@ -123,8 +132,8 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="how much worse than production the candidate may score (default 0)")
 
 
-SUBCOMMANDS = ("train", "test", "promote", "rollback", "retrain", "shadow", "list", "stop", "shutdown", "export",
-               "monitor")
+SUBCOMMANDS = ("train", "test", "promote", "rollback", "retrain", "shadow", "serve", "list", "stop", "shutdown",
+               "export", "monitor")
 
 
 @magics_class
@@ -227,6 +236,21 @@ class DeployMagics(Magics):
         api.shadow(args.name, None if args.stop else args.version, home=self._home())
         print(f"{args.name!r}: shadow stopped" if args.stop else
               f"{args.name!r}: version {args.version} now shadows production (see %deploy monitor {args.name})")
+
+    def _serve(self, args: argparse.Namespace) -> None:
+        from nbdeploy.serve.ray_app import serve_on_ray
+
+        api.get(args.name, home=self._home())  # the model must exist; "did you mean" otherwise
+        autoscale = None
+        if args.autoscale:
+            try:
+                low, high = (int(v) for v in args.autoscale.split(","))
+            except ValueError:
+                raise UsageError(f"%deploy serve: --autoscale takes MIN,MAX, got {args.autoscale!r}") from None
+            autoscale = {"min_replicas": low, "max_replicas": high}
+        url = serve_on_ray(self._home(), replicas=args.replicas, autoscale=autoscale, address=args.address,
+                           port=args.port)
+        print(f"serving on Ray Serve: {url}/v2/models/{args.name}")
 
     def _list(self, args: argparse.Namespace) -> None:
         display(api.models(home=self._home()))

@@ -117,6 +117,8 @@ def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, ca
         ("rollback nosuch", "no model named 'nosuch'"),
         ("retrain nosuch", "no model named 'nosuch'"),
         ("shadow nosuch 2", "no model named 'nosuch'"),
+        ("serve nosuch --on ray", "no model named 'nosuch'"),
+        ("serve iris --on mars", "invalid choice: 'mars'"),
         ("shadow iris", "give a VERSION to shadow with, or --stop"),
         ("retrain iris --data X", "expected 2 arguments"),
     ],

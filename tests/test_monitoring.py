@@ -1,4 +1,4 @@
-"""Issue 6 end to end: predictions logged by the real server, feedback, /metrics, the monitor."""
+"""Monitoring end to end: predictions logged by the real server, feedback, /metrics, the monitor."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ Formats:
 * ``docker``: the bundle plus a Dockerfile whose command is that serve command.
 * ``triton``: a Triton model repository (``NAME/config.pbtxt``, ``NAME/VERSION/model.onnx``).
 * ``kserve``: a Triton repository plus an ``InferenceService`` manifest on the V2 protocol.
+* ``ray``: the bundle plus a Ray Serve config file for ``serve deploy`` on a cluster.
 
 The package is ``exporters`` rather than ``export`` so that importing it can never shadow the
 ``nbdeploy.export`` function (importing a submodule sets the parent package's attribute).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from nbdeploy.errors import InvalidInput
 
-FORMATS = ("bundle", "docker", "triton", "kserve")
+FORMATS = ("bundle", "docker", "triton", "kserve", "ray")
 
 
 def export(name: str, to: str, directory: str | os.PathLike[str], *, version: int | str | None = None,
@@ -73,6 +74,10 @@ def _writer(to: str) -> Callable[..., None]:
         from nbdeploy.exporters.kserve import write_kserve
 
         return write_kserve
+    if to == "ray":  # the bundle plus a Ray Serve config (serve deploy); see exporters/ray.py
+        from nbdeploy.exporters.ray import write_ray
+
+        return write_ray
     close = difflib.get_close_matches(str(to), FORMATS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise InvalidInput(f"unknown export format {to!r}{hint}; formats: {', '.join(FORMATS)}")
