@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serving.py                 # everything (≈ 25 min the first time)
     .venv/bin/python benchmarks/serving.py --quick         # 2 s cells, 1 round, no peers
     .venv/bin/python benchmarks/serving.py --workers-only  # 1 vs 2 worker processes, lr, 1 row, c16
+    .venv/bin/python benchmarks/serving.py --ray           # plain server vs Ray Serve, 1 and 2 replicas
 
 Servers: (a) the floor (raw ASGI, uvicorn + uvloop + httptools, constant answer), (b) nbdeploy
 (`nbdeploy serve`, validation and prediction logging on), (c) FastAPI + scikit-learn, (d) MLflow
@@ -159,6 +160,30 @@ def measure_workers(work: Path, wrk_bin: str, args) -> list[str]:
     return lines
 
 
+def measure_ray(work: Path, wrk_bin: str, args) -> list[str]:
+    """benchmarks/ray_rows.py inside ``unshare -n`` (Ray then keeps to loopback); a markdown table."""
+    import json
+    import shlex
+    import subprocess
+
+    inner = " ".join(shlex.quote(a) for a in (sys.executable, str(HERE / "ray_rows.py"), str(work), wrk_bin,
+                                             str(args.duration), str(args.rounds)))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up; exec {inner}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RAY_ROWS ")), None)
+    if line is None:
+        return [f"Ray rows failed (exit {out.returncode}): {out.stderr.strip()[-800:]}"]
+    rows = json.loads(line[len("RAY_ROWS "):])
+    lines = ["| server | req/s (median) | rounds | p50 ms | resident MB | ready after |",
+             "|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        ready = f"{r['ready_s']:.1f} s" if "ready_s" in r else "–"
+        lines.append(f"| {r['label']} | {statistics.median(r['rps']):,.0f} | "
+                     f"{', '.join(f'{v:,.0f}' for v in r['rps'])} | {r['p50_ms']:.3f} | {r['rss_mb']:.0f} | {ready} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5, help="seconds per cell (default 5)")
@@ -169,8 +194,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s cells, one round, no peers")
     parser.add_argument("--workers-only", action="store_true",
                         help="only 1 vs 2 worker processes (lr, 1 row, c16); prints a table, writes nothing")
+    parser.add_argument("--ray", action="store_true",
+                        help="only the plain server vs Ray Serve with 1 and 2 replicas (lr, 1 row, c16), in a "
+                             "loopback-only network namespace (root); prints a table, writes nothing")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args()
+    if args.ray:
+        work = HERE / ".work"
+        work.mkdir(exist_ok=True)
+        print("\n".join(measure_ray(work, harness.ensure_wrk(), args)))
+        return
     if args.workers_only:
         work = HERE / ".work"
         work.mkdir(exist_ok=True)
