@@ -10,7 +10,6 @@ they served before.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -207,9 +206,7 @@ class Runtime:
         """Load one stored version: hash-checked, self-contained ONNX, warmed, measured, started."""
         import onnxruntime as ort
 
-        data = record.onnx_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise NbdeployError(f"{record.onnx_path} does not match its recorded sha256", 500)
+        data = record.onnx_bytes()  # refused unless it is the file that was registered
         check_self_contained(data)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.ort_threads
