@@ -84,7 +84,7 @@ def build(which: list[str]) -> list[BenchModel]:
 
 def register(store: Any, model: BenchModel) -> None:
     """Convert and store the model as nbdeploy's version 1 (what deploy() does, without a server)."""
-    from nbdeploy.convert import to_onnx
+    from nbdeploy.convert.conversion import to_onnx
     from nbdeploy.signature import from_sample
     from nbdeploy.store import PRODUCTION
 

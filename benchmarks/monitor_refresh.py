@@ -23,11 +23,11 @@ import time
 import numpy as np
 from sklearn.datasets import load_iris
 
+from nbdeploy.display.monitor import MonitorWidget
 from nbdeploy.monitor import reference_profile
 from nbdeploy.monitor.live import Monitor
-from nbdeploy.serve.events import PredictionEvent
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import PredictionLog
-from nbdeploy.widgets.monitor import MonitorWidget
 
 RATE = 100.0  # requests per second of simulated time
 BATCH = 10_000

@@ -81,7 +81,7 @@ def main() -> int:
 
     import ray
 
-    from nbdeploy.serve.ray_app import serve_on_ray
+    from nbdeploy.serve.ray import serve_on_ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.monotonic()

@@ -10,22 +10,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from nbdeploy._version import __version__
 
 _LAZY = {
     "Deployment": "nbdeploy.deployment",
-    "FidelityRefused": "nbdeploy.fidelity",
-    "GateRefused": "nbdeploy.promotion",
+    "FidelityRefused": "nbdeploy.convert.fidelity",
+    "GateRefused": "nbdeploy.lifecycle.promotion",
     "NbdeployError": "nbdeploy.errors",
     "deploy": "nbdeploy.api",
     "deployments": "nbdeploy.api",
-    "evaluate": "nbdeploy.evaluation",
+    "evaluate": "nbdeploy.lifecycle.evaluation",
     "export": "nbdeploy.exporters",
     "get": "nbdeploy.api",
-    "load": "nbdeploy.library",
+    "load": "nbdeploy.local",
     "models": "nbdeploy.api",
     "promote": "nbdeploy.api",
-    "retrain": "nbdeploy.retraining",
+    "retrain": "nbdeploy.lifecycle.retraining",
     "rollback": "nbdeploy.api",
     "shadow": "nbdeploy.api",
     "shutdown": "nbdeploy.api",
@@ -56,14 +56,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shadow, shutdown, train
+    from nbdeploy.convert.fidelity import FidelityRefused
     from nbdeploy.deployment import Deployment
     from nbdeploy.errors import NbdeployError
-    from nbdeploy.evaluation import evaluate
     from nbdeploy.exporters import export
-    from nbdeploy.fidelity import FidelityRefused
-    from nbdeploy.library import load
-    from nbdeploy.promotion import GateRefused
-    from nbdeploy.retraining import retrain
+    from nbdeploy.lifecycle.evaluation import evaluate
+    from nbdeploy.lifecycle.promotion import GateRefused
+    from nbdeploy.lifecycle.retraining import retrain
+    from nbdeploy.local import load
 
 
 def __getattr__(name: str) -> Any:

@@ -14,24 +14,24 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import client
-from nbdeploy.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_bytes, rows_json
-from nbdeploy.convert import Converted
+from nbdeploy.convert.conversion import Converted
+from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
 from nbdeploy.deployment import Deployment
+from nbdeploy.display.registry import RegistryTable
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.evaluation import EvaluationResult, evaluate
-from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
-from nbdeploy.gate import GateDecision
+from nbdeploy.lifecycle.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_bytes, rows_json
+from nbdeploy.lifecycle.evaluation import EvaluationResult, evaluate
+from nbdeploy.lifecycle.gate import GateDecision
+from nbdeploy.lifecycle.promotion import GateRefused, judge
+from nbdeploy.lifecycle.promotion import evaluate_stored as evaluate_version
+from nbdeploy.lifecycle.promotion import promote as _promote
+from nbdeploy.lifecycle.promotion import rollback as _rollback
+from nbdeploy.lifecycle.training import TrainResult
+from nbdeploy.lifecycle.training import train as _train
+from nbdeploy.local import OnnxPredictor
 from nbdeploy.monitor import reference_profile
-from nbdeploy.predictor import OnnxPredictor
-from nbdeploy.promotion import GateRefused, judge
-from nbdeploy.promotion import evaluate_stored as evaluate_version
-from nbdeploy.promotion import promote as _promote
-from nbdeploy.promotion import rollback as _rollback
 from nbdeploy.serve import process
 from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name
-from nbdeploy.training import TrainResult
-from nbdeploy.training import train as _train
-from nbdeploy.widgets.registry import RegistryTable
 
 # Runs recorded by train(), by the fitted model they produced: deploy() finds its held-out data here.
 _RUNS: weakref.WeakKeyDictionary[Any, tuple[int, TrainResult]] = weakref.WeakKeyDictionary()

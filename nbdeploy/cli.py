@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, home: str | None) -> int:
     from nbdeploy.serve.config import ServeConfig
-    from nbdeploy.serve.main import run
+    from nbdeploy.serve.server import run
 
     config = ServeConfig.from_env(batching=args.batching, max_batch_rows=args.max_batch_rows,
                                   max_batch_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from nbdeploy import client
+from nbdeploy.convert.fidelity import FidelityReport
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
-from nbdeploy.fidelity import FidelityReport
-from nbdeploy.gate import GateDecision
+from nbdeploy.lifecycle.gate import GateDecision
 from nbdeploy.serve import process
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store
@@ -127,7 +127,7 @@ class Deployment:
         (``pip install sidecar``). ``options`` go to :class:`nbdeploy.monitor.live.Monitor`
         (``thresholds``, ``drift_thresholds``, ``on_alert`` callback, window sizes).
         """
-        from nbdeploy.widgets.monitor import monitor_widget
+        from nbdeploy.display.monitor import monitor_widget
 
         store = self._store
         store.require_model(self.name)
@@ -169,7 +169,7 @@ class Deployment:
             process.wait_applied(store, store.generation())
 
     def info(self) -> dict[str, Any]:
-        from nbdeploy.urls import public_url
+        from nbdeploy.serve.urls import public_url
 
         meta = self._meta() if self.version is not None else {}
         url = self.url
@@ -190,7 +190,7 @@ class Deployment:
         }
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from nbdeploy.widgets.card import card_bundle
+        from nbdeploy.display.card import card_bundle
 
         return card_bundle(self.info())
 

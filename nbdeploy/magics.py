@@ -17,10 +17,10 @@ from IPython.display import display
 from traitlets import Int, Unicode
 
 from nbdeploy import api
+from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT
 from nbdeploy.errors import NbdeployError
-from nbdeploy.evaluation import evaluate
-from nbdeploy.fidelity import MAX_DIFF, MIN_AGREEMENT
-from nbdeploy.promotion import GateRefused
+from nbdeploy.lifecycle.evaluation import evaluate
+from nbdeploy.lifecycle.promotion import GateRefused
 from nbdeploy.store import Store
 
 
@@ -223,7 +223,7 @@ class DeployMagics(Magics):
         print(f"{args.name!r}: production -> version {dep.version}")
 
     def _retrain(self, args: argparse.Namespace) -> None:
-        from nbdeploy.retraining import retrain
+        from nbdeploy.lifecycle.retraining import retrain
 
         data = tuple(self._lookup(v, "training data") for v in args.data) if args.data else None
         display(retrain(args.name, data=data, with_feedback=args.with_feedback, promote=args.promote,
@@ -238,7 +238,7 @@ class DeployMagics(Magics):
               f"{args.name!r}: version {args.version} now shadows production (see %deploy monitor {args.name})")
 
     def _serve(self, args: argparse.Namespace) -> None:
-        from nbdeploy.serve.ray_app import serve_on_ray
+        from nbdeploy.serve.ray import serve_on_ray
 
         api.get(args.name, home=self._home())  # the model must exist; "did you mean" otherwise
         autoscale = None
@@ -270,7 +270,7 @@ class DeployMagics(Magics):
 
     def _monitor(self, args: argparse.Namespace) -> None:
         if args.stop:
-            from nbdeploy.widgets.monitor import stop_monitors
+            from nbdeploy.display.monitor import stop_monitors
 
             print(f"stopped the monitor of {args.name!r}" if stop_monitors(args.name)
                   else f"no live monitor of {args.name!r} in this kernel")

@@ -7,7 +7,7 @@ requests in the server and encodes requests in the kernel, so both sides agree b
 Missing values: numbers travel as NaN (JSON ``null``). Strings have no missing value in JSON or the
 V2 binary format, so a missing string is sent as :data:`MISSING_STRING`, and the converted graph
 treats that string the way scikit-learn treats ``NaN``/``None`` in the column (see
-:mod:`nbdeploy.converters`); a ``null`` in a text column is read as the same sentinel.
+:mod:`nbdeploy.convert.converters`); a ``null`` in a text column is read as the same sentinel.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def test_serve_passes_host_port_and_settings(monkeypatch: pytest.MonkeyPatch, tm
     def fake_run(home, host, port, log_level, config, allow_hosts):
         seen.update(home=home, host=host, port=port, config=config, allow_hosts=allow_hosts)
 
-    monkeypatch.setattr("nbdeploy.serve.main.run", fake_run)
+    monkeypatch.setattr("nbdeploy.serve.server.run", fake_run)
     monkeypatch.setenv("NBDEPLOY_MAX_QUEUE_ROWS", "128")
     code = cli.main(["serve", "--home", str(tmp_path), "--host", "127.0.0.1", "--port", "0", "--batching", "off",
                      "--max-batch-wait-ms", "2.5", "--allow-host", "box.local"])

@@ -35,7 +35,7 @@ def export(name: str, to: str, directory: str | os.PathLike[str], *, version: in
     written whole or not at all. Returns the directory.
     """
     writer = _writer(to)
-    from nbdeploy.library import open_store, resolve
+    from nbdeploy.local import open_store, resolve
 
     store = open_store(home)
     if version is not None and not str(version).isdigit():

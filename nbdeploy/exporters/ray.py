@@ -2,7 +2,7 @@
 
 Layout::
 
-    serve-config.yaml   Ray Serve config: import path nbdeploy.serve.ray_app:app_builder, args.home
+    serve-config.yaml   Ray Serve config: import path nbdeploy.serve.ray:app_builder, args.home
     (the bundle)        nbdeploy.db, models/, requirements.txt, wheels/ (see exporters.bundle)
     request.json        one example V2 request
     README.md           the bundle's README plus how to install, deploy, update and call it on Ray
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nbdeploy.exporters import describe
 from nbdeploy.exporters.bundle import write_bundle
-from nbdeploy.serve.ray_app import APP_NAME, DEPLOYMENT_NAME, IMPORT_PATH, MAX_ONGOING_REQUESTS
+from nbdeploy.serve.ray import APP_NAME, DEPLOYMENT_NAME, IMPORT_PATH, MAX_ONGOING_REQUESTS
 from nbdeploy.store import PRODUCTION, VersionRecord
 
 CONFIG = "serve-config.yaml"

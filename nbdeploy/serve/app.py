@@ -21,14 +21,14 @@ from starlette.routing import BaseRoute
 from nbdeploy.errors import NbdeployError
 from nbdeploy.serve.batcher import Overloaded
 from nbdeploy.serve.config import ServeConfig
-from nbdeploy.serve.endpoints import json_response, routes
-from nbdeploy.serve.events import EventSink, NullSink
 from nbdeploy.serve.inference import ServerContext
 from nbdeploy.serve.metrics import Metrics
 from nbdeploy.serve.monitoring import ServerMonitors
+from nbdeploy.serve.routes import json_response, routes
 from nbdeploy.serve.runtime import Runtime
 from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard
 from nbdeploy.store import Store
+from nbdeploy.store.events import EventSink, NullSink
 
 log = logging.getLogger("nbdeploy.server")
 POLL_SECONDS = 0.2

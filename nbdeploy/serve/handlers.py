@@ -9,7 +9,7 @@ import numpy as np
 from nbdeploy import __version__
 from nbdeploy.errors import InvalidInput, NotFound
 from nbdeploy.serve.batcher import Feeds
-from nbdeploy.serve.protocol import InferRequest
+from nbdeploy.serve.codecs.v2 import InferRequest
 from nbdeploy.serve.runtime import LoadedModel, Runtime
 
 EXTENSIONS = ["binary_tensor_data"]

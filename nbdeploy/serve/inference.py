@@ -3,7 +3,7 @@
 They are the hot path, so they skip Starlette's request/response objects: read the body, resolve
 the version, decode and validate, queue the feeds on the version's batcher (off the event loop),
 encode, send. Each request is counted in ``/metrics`` and, once resolved to a version, handed to
-the prediction log's sink as one :class:`~nbdeploy.serve.events.PredictionEvent`.
+the prediction log's sink as one :class:`~nbdeploy.store.events.PredictionEvent`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import orjson
 from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve import handlers
 from nbdeploy.serve.batcher import Overloaded
+from nbdeploy.serve.codecs.mlflow import decode_scoring_request, encode_predictions
+from nbdeploy.serve.codecs.v2 import decode_infer_request, encode_infer_response
 from nbdeploy.serve.config import ServeConfig
-from nbdeploy.serve.events import NullSink, PredictionEvent
 from nbdeploy.serve.metrics import Metrics
-from nbdeploy.serve.mlflow_format import decode_scoring_request, encode_predictions
-from nbdeploy.serve.protocol import decode_infer_request, encode_infer_response
 from nbdeploy.serve.runtime import LoadedModel, Runtime
 from nbdeploy.store import SHADOW
+from nbdeploy.store.events import NullSink, PredictionEvent
 
 log = logging.getLogger("nbdeploy.server")
 Headers = list[tuple[bytes, bytes]]

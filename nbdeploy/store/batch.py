@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from nbdeploy.serve.events import PredictionEvent
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
 
 BUCKET_SECONDS = 10

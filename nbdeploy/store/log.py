@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from nbdeploy.serve.events import PredictionEvent
 from nbdeploy.store import labels
 from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS, N_LATENCY, Batch, Rules, compile_rules, row_ids
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
 
 log = logging.getLogger("nbdeploy.log")

@@ -70,7 +70,7 @@ def test_wheel_holds_the_package_its_entry_point_and_a_valid_record(source, out)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         info = f"nbdeploy-{version}.dist-info"
-        assert {"nbdeploy/__init__.py", "nbdeploy/cli.py", "nbdeploy/serve/main.py", f"{info}/WHEEL"} <= names
+        assert {"nbdeploy/__init__.py", "nbdeploy/cli.py", "nbdeploy/serve/server.py", f"{info}/WHEEL"} <= names
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
         assert "nbdeploy = nbdeploy.cli:main" in zf.read(f"{info}/entry_points.txt").decode()
         assert zf.read(f"{info}/METADATA").decode().startswith("Metadata-Version:")

@@ -7,7 +7,7 @@ import json
 import yaml
 
 import nbdeploy
-from nbdeploy.serve.ray_app import IMPORT_PATH, MAX_ONGOING_REQUESTS
+from nbdeploy.serve.ray import IMPORT_PATH, MAX_ONGOING_REQUESTS
 
 
 def test_serve_config_deploys_the_bundle_with_a_pinned_version(source, out):

@@ -12,8 +12,8 @@ import pytest
 
 from nbdeploy.monitor import AlertThresholds, reference_profile
 from nbdeploy.monitor.live import Monitor, percentile_ms
-from nbdeploy.serve.events import PredictionEvent
 from nbdeploy.store import Store
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import LATENCY_EDGES_MS, N_LATENCY, PredictionLog
 
 RNG = np.random.default_rng(0)

@@ -32,7 +32,7 @@ def make_store(home: Path) -> None:
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
-    from nbdeploy.convert import to_onnx
+    from nbdeploy.convert.conversion import to_onnx
     from nbdeploy.signature import from_sample
     from nbdeploy.store import PRODUCTION, Store
 
@@ -172,7 +172,7 @@ def main() -> int:
     make_store(home)
     import ray
 
-    from nbdeploy.serve.ray_app import RayExposureWarning, serve_on_ray, update_ray
+    from nbdeploy.serve.ray import RayExposureWarning, serve_on_ray, update_ray
     from nbdeploy.store import PRODUCTION, Store
 
     figures: dict[str, object] = {}

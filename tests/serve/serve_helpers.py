@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from nbdeploy.convert import to_onnx
+from nbdeploy.convert.conversion import to_onnx
 from nbdeploy.signature import from_sample
 from nbdeploy.store import PRODUCTION, Store
 

@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.serve.events import PredictionEvent
 from nbdeploy.serve.feedback import routes
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import PredictionLog
 
 URL = "/v2/models/m/feedback"

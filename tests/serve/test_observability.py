@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from serve_helpers import iris_inputs
 
-from nbdeploy.serve.events import EventSink, NullSink, PredictionEvent, QueueSink
+from nbdeploy.store.events import EventSink, NullSink, PredictionEvent, QueueSink
 
 
 class ListSink:

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.serve.protocol import (
+from nbdeploy.serve.codecs.v2 import (
     DATATYPE_TO_NUMPY,
     MAX_ELEMENTS,
     NUMPY_TO_DATATYPE,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nbdeploy.errors import InvalidInput
-from nbdeploy.serve.ray_app import PinnedStore, application_config
+from nbdeploy.serve.ray import PinnedStore, application_config
 from nbdeploy.store import Store
 
 HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.serve") is not None
@@ -80,7 +80,7 @@ def test_pinned_store_follows_user_config(tmp_path: Path) -> None:
 def test_application_config_keeps_ray_defaults_away(tmp_path: Path) -> None:
     config = application_config(tmp_path, replicas=2, user_config={"generation": 1})
     deployment = config["deployments"][0]
-    assert config["import_path"] == "nbdeploy.serve.ray_app:app_builder"
+    assert config["import_path"] == "nbdeploy.serve.ray:app_builder"
     assert deployment["max_ongoing_requests"] >= 100 and deployment["num_replicas"] == 2
     scaled = application_config(tmp_path, autoscale={"max_replicas": 8})["deployments"][0]
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 8
@@ -88,9 +88,9 @@ def test_application_config_keeps_ray_defaults_away(tmp_path: Path) -> None:
 
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from nbdeploy.errors import NbdeployError
-    from nbdeploy.serve import ray_app
+    from nbdeploy.serve import ray as serve_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.serve", None)
     with pytest.raises(NbdeployError, match=r"pip install 'nbdeploy\[ray\]'"):
-        ray_app._serve()
+        serve_ray._serve()

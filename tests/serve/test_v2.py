@@ -7,7 +7,7 @@ import pytest
 import tritonclient.http as triton
 from serve_helpers import add_version, iris_inputs
 
-from nbdeploy.serve.protocol import NUMPY_TO_DATATYPE
+from nbdeploy.serve.codecs.v2 import NUMPY_TO_DATATYPE
 
 
 def test_server_metadata_health_and_readiness(client):

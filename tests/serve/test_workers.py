@@ -17,7 +17,7 @@ from serve_helpers import add_version, iris_inputs
 
 from nbdeploy.serve import process
 from nbdeploy.serve.config import ServeConfig
-from nbdeploy.serve.workers import config_env
+from nbdeploy.serve.server import config_env
 from nbdeploy.store import PRODUCTION, Store
 
 pytestmark = pytest.mark.server

@@ -13,7 +13,7 @@ import pytest
 
 from nbdeploy.errors import InvalidInput
 from nbdeploy.monitor import reference_profile
-from nbdeploy.serve.events import PredictionEvent
+from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import (
     BUCKET_SECONDS,
     N_LATENCY,

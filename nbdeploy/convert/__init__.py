@@ -1,0 +1,1 @@
+"""scikit-learn -> ONNX: conversion, custom converters, graph edits, precision, boosters, and the fidelity check."""

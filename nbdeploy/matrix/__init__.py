@@ -1,6 +1,0 @@
-"""The coverage matrix: which models nbdeploy deploys faithfully (``docs/supported-models.md``)."""
-
-from nbdeploy.matrix.cases import Case, cases, dataset
-from nbdeploy.matrix.run import Row, render, run_case, run_matrix, stale
-
-__all__ = ["Case", "Row", "cases", "dataset", "render", "run_case", "run_matrix", "stale"]
