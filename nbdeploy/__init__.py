@@ -20,12 +20,12 @@ _LAZY = {
     "deploy": "nbdeploy.api",
     "deployments": "nbdeploy.api",
     "evaluate": "nbdeploy.lifecycle.evaluation",
-    "export": "nbdeploy.exporters",
+    "export": "nbdeploy.api",
     "get": "nbdeploy.api",
     "load": "nbdeploy.local",
     "models": "nbdeploy.api",
     "promote": "nbdeploy.api",
-    "retrain": "nbdeploy.lifecycle.retraining",
+    "retrain": "nbdeploy.api",
     "rollback": "nbdeploy.api",
     "shadow": "nbdeploy.api",
     "shutdown": "nbdeploy.api",
@@ -55,14 +55,24 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from nbdeploy.api import deploy, deployments, get, models, promote, rollback, shadow, shutdown, train
+    from nbdeploy.api import (
+        deploy,
+        deployments,
+        export,
+        get,
+        models,
+        promote,
+        retrain,
+        rollback,
+        shadow,
+        shutdown,
+        train,
+    )
     from nbdeploy.convert.fidelity import FidelityRefused
     from nbdeploy.deployment import Deployment
     from nbdeploy.errors import NbdeployError
-    from nbdeploy.exporters import export
     from nbdeploy.lifecycle.evaluation import evaluate
     from nbdeploy.lifecycle.promotion import GateRefused
-    from nbdeploy.lifecycle.retraining import retrain
     from nbdeploy.local import load
 
 

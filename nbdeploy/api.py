@@ -1,40 +1,31 @@
 """The workflow in plain Python: deploy a fitted model, find deployments, call and stop them.
 
-Everything the ``%deploy`` magic does is a call into this module, so it all works without IPython.
+Everything the ``%deploy`` magic does is one call into this module, so it all works without IPython.
+Moving an alias is a write to the store; the server (when one runs) catches up before these return.
 """
 
 from __future__ import annotations
 
-import platform
+import os
 import time
-import weakref
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from nbdeploy import client
-from nbdeploy.convert.conversion import Converted
-from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
+from nbdeploy import exporters
+from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT
 from nbdeploy.deployment import Deployment
 from nbdeploy.display.registry import RegistryTable
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.lifecycle.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_bytes, rows_json
-from nbdeploy.lifecycle.evaluation import EvaluationResult, evaluate
-from nbdeploy.lifecycle.gate import GateDecision
-from nbdeploy.lifecycle.promotion import GateRefused, judge
-from nbdeploy.lifecycle.promotion import evaluate_stored as evaluate_version
-from nbdeploy.lifecycle.promotion import promote as _promote
-from nbdeploy.lifecycle.promotion import rollback as _rollback
-from nbdeploy.lifecycle.training import TrainResult
-from nbdeploy.lifecycle.training import train as _train
-from nbdeploy.local import OnnxPredictor
-from nbdeploy.monitor import reference_profile
 from nbdeploy.serve import process
-from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name
+from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name, open_store
 
-# Runs recorded by train(), by the fitted model they produced: deploy() finds its held-out data here.
-_RUNS: weakref.WeakKeyDictionary[Any, tuple[int, TrainResult]] = weakref.WeakKeyDictionary()
+if TYPE_CHECKING:
+    from nbdeploy.lifecycle.evaluation import EvaluationResult
+    from nbdeploy.lifecycle.retraining import RetrainResult
+    from nbdeploy.lifecycle.training import TrainResult
+
+# The lifecycle (scikit-learn, pandas, scipy) is imported by the functions that need it, so managing a
+# store (models, get, stop, shutdown: `nbdeploy list` in an exported bundle) works without scikit-learn.
 
 
 def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | None = None,
@@ -55,8 +46,12 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
     is used by itself when only it passes; when no conversion passes, :class:`FidelityRefused` is
     raised and nothing is stored, unless ``force``.
     """
+    from nbdeploy.lifecycle.promotion import GateRefused
+    from nbdeploy.lifecycle.registration import register
+
     started = time.perf_counter()
     store = Store(home)
+    _check_port(store, port)
     candidate = register(model, sample, name, test=test, store=store, force=force, min_score=min_score,
                          tolerance=tolerance, min_agreement=min_agreement, max_diff=max_diff)
     if candidate.refused:
@@ -65,59 +60,12 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
     converted_at = time.perf_counter()
     store.set_alias(name, PRODUCTION, candidate.version)
     store.set_serving(name, True)
-    _serve(store, port)
+    _catch_up(store, start=True, port=port)
     _check_loaded(store, name, candidate.version)
     done = time.perf_counter()
     timings = {"convert_s": converted_at - started, "serve_s": done - converted_at, "total_s": done - started}
     return Deployment(name=name, home=str(store.home), fidelity=candidate.fidelity, timings=timings,
                       gate=candidate.decision)
-
-
-@dataclass
-class Candidate:
-    """A version just registered: its number, fidelity and (with labelled data) the gate's decision."""
-
-    version: int
-    fidelity: FidelityReport
-    decision: GateDecision | None
-    refused: bool
-
-
-def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Store, force: bool = False,
-             min_score: float | None = None, tolerance: float = 0.0, min_agreement: float = MIN_AGREEMENT,
-             max_diff: float = MAX_DIFF, train_data: tuple[Any, Any] | None = None) -> Candidate:
-    """Convert, check fidelity, judge against production when there is labelled held-out data, store.
-
-    Nothing is served or promoted here. Kept beside the ONNX file: the held-out rows, the
-    training rows (when known) and the estimator itself in skops format, so a later kernel can
-    retrain it; the server never reads those.
-    """
-    check_name(name)
-    check_fitted(model)
-    run = _RUNS.get(model)
-    holdout = _holdout(test, run)
-    X_check = holdout[0] if holdout else (test if test is not None else sample)
-    converted, fidelity = convert_checked(model, sample, X_check, min_agreement=min_agreement,
-                                          max_diff=max_diff, force=force)  # raises FidelityRefused
-    train_data = train_data or ((run[1].X_train, run[1].y_train) if run else None)
-    meta = version_meta(converted, fidelity, sample)
-    meta["profile"] = reference_profile(train_data[0] if train_data else sample)
-    meta["run_id"] = run[0] if run else None
-    files = {ESTIMATOR_FILE: estimator_bytes(model)}
-    if train_data is not None:
-        files[TRAIN_FILE] = rows_json(*train_data)
-    decision = None
-    if holdout is not None:
-        X_h, y_h = holdout
-        scored = evaluate(OnnxPredictor(converted.onnx_bytes, {**meta, "name": name}), X_h, y_h,
-                          name=f"{name} (candidate)")
-        decision = judge(store, name, scored, X_h, y_h, min_score=min_score, tolerance=tolerance)
-        meta.update(gated=True, metrics=scored.to_dict(), gate=decision.to_dict())
-        files[HOLDOUT_FILE] = rows_json(X_h, y_h)
-    refused = decision is not None and not decision.passed and not force
-    version = store.register(name, converted.onnx_bytes, meta, status="refused" if refused else "registered",
-                             files=files)
-    return Candidate(version, fidelity, decision, refused)
 
 
 def _check_loaded(store: Store, name: str, version: int) -> None:
@@ -126,73 +74,59 @@ def _check_loaded(store: Store, name: str, version: int) -> None:
         raise NbdeployError(f"the server could not load {name!r} version {version}: {error}", 500)
 
 
-def _serve(store: Store, port: int | None = None) -> None:
-    """Make sure the server runs and has caught up with the store."""
-    generation = store.generation()
-    process.ensure_server(store, port)
-    process.wait_applied(store, generation)
+def _check_port(store: Store, port: int | None) -> None:
+    """A port asked for while the store's server listens on another cannot be honoured: say so first."""
+    record = process.running_server(store) if port else None
+    if record is not None and record.port != port:
+        raise InvalidInput(f"the store's server already listens on port {record.port}, so port {port} cannot be "
+                           "used; deploy without a port, or shut the server down first (%deploy shutdown, "
+                           "nbdeploy.shutdown())")
 
 
-def _holdout(test: Any, run: tuple[int, TrainResult] | None) -> tuple[Any, Any] | None:
-    if isinstance(test, tuple):
-        if len(test) == 2:
-            return test
-        if len(test) != 1:
-            raise InvalidInput(f"test must be X or (X, y); got a tuple of {len(test)}")
-        return None
-    if test is None and run is not None:
-        return run[1].X_test, run[1].y_test
-    return None
-
-
-def convert_checked(model: Any, sample: Any, X_check: Any, *, min_agreement: float = MIN_AGREEMENT,
-                    max_diff: float = MAX_DIFF, force: bool = False) -> tuple[Converted, FidelityReport]:
-    """Convert in single precision; use double when only double passes the fidelity gate.
-
-    Raises :class:`ConversionError` naming the failing step, or showing the worst rows when no
-    conversion passes the gate (unless ``force``); nothing is stored either way.
-    """
-    return gated_conversion(model, sample, X_check, min_agreement=min_agreement, max_diff=max_diff, force=force)
-
-
-def version_meta(converted: Converted, fidelity: FidelityReport, sample: Any) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import skl2onnx
-    import sklearn
-
-    head = sample.head(1) if hasattr(sample, "head") else np.asarray(sample)[:1]
-    return {
-        "task": converted.task,
-        "classes": converted.classes,
-        "outputs": converted.outputs,
-        "signature": converted.signature.to_dict(),
-        "example": client.v2_inputs(converted.signature, head),
-        "fidelity": fidelity.to_dict(),
-        "precision": converted.precision,
-        "convert_seconds": converted.seconds,
-        "onnx_bytes": len(converted.onnx_bytes),
-        "created_by": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-                       "skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
-                       "onnxruntime": onnxruntime.__version__, "nbdeploy": _version()},
-    }
+def _catch_up(store: Store, *, start: bool = False, port: int | None = None) -> None:
+    """The running server (a new one when ``start``) has applied what the store says now."""
+    if start or store.server() is not None:
+        generation = store.generation()
+        process.ensure_server(store, port)
+        process.wait_applied(store, generation)
 
 
 def deployments(home: str | None = None) -> list[Deployment]:
     """The models this store serves (also from a new kernel: the server keeps running)."""
-    store = Store(home)
+    store = open_store(home)
     return [Deployment(name=name, home=str(store.home)) for name in store.serving_models()]
 
 
 def get(name: str, home: str | None = None) -> Deployment:
-    store = Store(home)
+    """The handle of a stored model (served or not)."""
+    store = open_store(home)
     store.require_model(name)
     return Deployment(name=name, home=str(store.home))
 
 
+def stop(name: str, home: str | None = None) -> None:
+    """Stop serving ``name``; the server exits when it serves nothing else. Versions stay stored."""
+    get(name, home).stop()
+
+
 def shutdown(home: str | None = None) -> bool:
     """Stop the store's server process, if one runs. Models stay registered."""
-    return process.stop_server(Store(home))
+    return process.stop_server(open_store(home))
+
+
+def serve(name: str, *, home: str | None = None, port: int | None = None) -> Deployment:
+    """Serve a stopped model again (its production version), starting the server when none runs."""
+    store = open_store(home)
+    store.require_model(name)
+    version = store.aliases(name).get(PRODUCTION)
+    if version is None:
+        raise InvalidInput(f"{name!r} has no production version to serve; promote one first "
+                           f"(%deploy promote {name} VERSION)")
+    _check_port(store, port)
+    store.set_serving(name, True)
+    _catch_up(store, start=True, port=port)
+    _check_loaded(store, name, version)
+    return Deployment(name=name, home=str(store.home))
 
 
 def train(estimator: Any, X: Any, y: Any, name: str, *, test_size: float = 0.2, stratify: bool = False,
@@ -202,26 +136,66 @@ def train(estimator: Any, X: Any, y: Any, name: str, *, test_size: float = 0.2, 
     Deploying the returned ``result.model`` later uses this run's held-out rows for the
     promotion gate and its training rows as the drift reference.
     """
+    from nbdeploy.lifecycle.registration import record_run
+    from nbdeploy.lifecycle.training import train as _train
+
     check_name(name)
     result = _train(estimator, X, y, test_size=test_size, stratify=stratify, cv=cv, seed=seed)
-    store = Store(home)
-    summary = {**result.to_dict(), "profile": reference_profile(result.X_train)}
-    run_id = store.add_run(name, summary)
-    _RUNS[result.model] = (run_id, result)
-    result.run_id = run_id
+    record_run(Store(home), name, result)
     return result
+
+
+def test(model: Any, X: Any, y: Any, *, version: int | str | None = None, name: str | None = None,
+         home: str | None = None) -> EvaluationResult:
+    """Evaluate on labelled rows: a fitted model as it is, or a stored model (its name) as it is served.
+
+    ``version`` (stored models only) is a version number or an alias (default: production);
+    ``name`` labels the report of a fitted model.
+    """
+    from nbdeploy.lifecycle.evaluation import evaluate
+    from nbdeploy.lifecycle.promotion import evaluate_stored as evaluate_version
+
+    if isinstance(model, str):
+        return evaluate_version(Store(home).resolve(model, version), X, y)
+    if version is not None:
+        raise InvalidInput("version= applies to a stored model (pass its name), not to a fitted model")
+    return evaluate(model, X, y, name=name)
 
 
 def promote(name: str, version: int, alias: str = PRODUCTION, *, min_score: float | None = None,
             tolerance: float = 0.0, force: bool = False, home: str | None = None) -> Deployment:
     """Point ``alias`` at ``version``. For ``production`` the gate judges it on its held-out data."""
+    from nbdeploy.lifecycle.promotion import promote as _promote
+
     store = Store(home)
     decision = _promote(store, name, int(version), alias, min_score=min_score, tolerance=tolerance, force=force)
     if alias == PRODUCTION:
         store.set_serving(name, True)
-    if store.server() is not None or alias == PRODUCTION:
-        _serve(store)
+    _catch_up(store, start=alias == PRODUCTION)
     return Deployment(name=name, home=str(store.home), gate=decision)
+
+
+def retrain(name: str, *, data: tuple[Any, Any] | None = None, with_feedback: bool = False,
+            promote: bool = False, recent: float = 0.3, min_score: float | None = None,
+            tolerance: float = 0.0, home: str | None = None) -> RetrainResult:
+    """Fit a fresh clone of ``name``'s production pipeline, register it, and promote it when asked.
+
+    See :func:`nbdeploy.lifecycle.retraining.retrain` for the data. The new version is promoted
+    only when ``promote`` is set and the gate passed on recent labelled traffic (with no recent
+    labels there is nothing to judge it on: ``result.reason`` says so); the endpoint then swaps
+    with no downtime.
+    """
+    from nbdeploy.lifecycle import retraining
+
+    result = retraining.retrain(name, data=data, with_feedback=with_feedback, recent=recent,
+                                min_score=min_score, tolerance=tolerance, home=home)
+    if promote and result.decision is not None and result.decision.passed:
+        store = Store(home)
+        store.set_alias(name, PRODUCTION, result.version)  # judged just now: no second gate
+        store.set_serving(name, True)
+        _catch_up(store, start=True)
+        result.promoted, result.reason = True, ""
+    return result
 
 
 def shadow(name: str, version: int | None, *, home: str | None = None) -> Deployment:
@@ -237,40 +211,28 @@ def shadow(name: str, version: int | None, *, home: str | None = None) -> Deploy
     else:
         store.version(name, int(version))
         store.set_alias(name, SHADOW, int(version))
-    if store.server() is not None:
-        _serve(store)
+    _catch_up(store)
     return Deployment(name=name, home=str(store.home))
 
 
 def rollback(name: str, *, alias: str = PRODUCTION, home: str | None = None) -> Deployment:
     """Serve the version ``alias`` had before its last move (repeat to go further back)."""
+    from nbdeploy.lifecycle.promotion import rollback as _rollback
+
     store = Store(home)
     _rollback(store, name, alias)
-    if store.server() is not None:
-        _serve(store)
+    _catch_up(store)
     return Deployment(name=name, home=str(store.home))
 
 
-def evaluate_stored(name: str, X: Any, y: Any, *, version: int | str | None = None,
-                    home: str | None = None) -> EvaluationResult:
-    """Evaluate a stored version (default: production) as it is served, on labelled rows."""
-    store = Store(home)
-    store.require_model(name)
-    aliases = store.aliases(name)
-    if version is None or str(version) in aliases:
-        number = aliases.get(str(version) if version is not None else PRODUCTION)
-        if number is None:
-            raise InvalidInput(f"{name!r} has no production version; pass a version number")
-    elif str(version).isdigit():
-        number = int(version)
-    else:
-        raise InvalidInput(f"{name!r} has no alias {version!r}; aliases: {', '.join(aliases) or 'none'}")
-    return evaluate_version(store.version(name, number), X, y)
-
-
 def models(home: str | None = None) -> RegistryTable:
-    """Every model in the store: versions, aliases, status, URL and the key metric."""
-    store = Store(home)
+    """Every model in the store: each version and its state, aliases, status, URL and the key metric.
+
+    The one view of a store: ``%deploy list`` and ``nbdeploy list`` show this. Version states:
+    ``serving`` (production or shadow of a served model), ``stopped`` (production of a stopped model),
+    ``refused`` (the promotion gate refused it), ``registered`` (stored, not served).
+    """
+    store = open_store(home)
     server = process.running_server(store)
     served = store.served() if server else {}
     serving = set(store.serving_models())
@@ -289,8 +251,12 @@ def models(home: str | None = None) -> RegistryTable:
             status = "server down"
         else:
             status = served.get((name, production or -1), ("starting", None))[0]
+        live = {aliases.get(PRODUCTION), aliases.get(SHADOW)} - {None}
+        states = {v.version: ("refused" if v.status == "refused" else
+                              ("serving" if name in serving else "stopped") if v.version in live else "registered")
+                  for v in versions}
         rows.append({
-            "name": name, "versions": [v.version for v in versions],
+            "name": name, "versions": [v.version for v in versions], "states": states,
             "refused": [v.version for v in versions if v.status == "refused"], "aliases": aliases,
             "status": status, "url": f"{server.url}/v2/models/{name}" if server and name in serving else None,
             "metric": primary, "score": score,
@@ -298,20 +264,53 @@ def models(home: str | None = None) -> RegistryTable:
     return RegistryTable(rows)
 
 
-def check_fitted(model: Any) -> None:
-    from sklearn.base import BaseEstimator
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
+def monitor(name: str, *, interval: float = 3.0, sidecar: bool = False, home: str | None = None,
+            **options: Any) -> Any:
+    """The live monitor widget of ``name`` (see :meth:`Deployment.monitor`)."""
+    return get(name, home).monitor(interval=interval, sidecar=sidecar, **options)
 
-    if not isinstance(model, BaseEstimator):
-        raise InvalidInput(f"expected a fitted scikit-learn estimator or pipeline, got {type(model).__name__}")
+
+def stop_monitors(name: str | None = None) -> int:
+    """Stop this kernel's live monitors of ``name`` (or all), leaving their last state; returns how many."""
+    from nbdeploy.display.monitor import stop_monitors as stop_widgets
+
+    return stop_widgets(name)
+
+
+def export(name: str, to: str, directory: str | os.PathLike[str], *, version: int | str | None = None,
+           home: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``name`` (default: its production version) for another platform; see :mod:`nbdeploy.exporters`.
+
+    ``to`` is one of ``bundle``, ``docker``, ``triton``, ``kserve``, ``ray``; ``version`` a version
+    number or an alias. Returns the directory, written whole or not at all.
+    """
+    return exporters.export(name, to, directory, version=version, home=home)
+
+
+def serve_on_ray(home: str | None = None, *, model: str | None = None, replicas: int = 1,
+                 autoscale: str | None = None, address: str | None = None, port: int = 8000) -> str:
+    """Serve the whole store on Ray Serve: a local Ray, or the cluster at ``address``.
+
+    ``replicas`` fixed replicas, or ``autoscale="MIN,MAX"`` replicas. Returns the endpoint of
+    ``model`` (checked before Ray starts), else the base URL. Needs ``pip install 'nbdeploy[ray]'``.
+    """
+    if model is not None:
+        Store(home).require_model(model)  # "did you mean", before Ray starts
+    scaling = parse_autoscale(autoscale)
+    from nbdeploy.serve.ray import serve_on_ray as start
+
+    url = start(home, replicas=replicas, autoscale=scaling, address=address, port=port)  # opens, never creates
+    return f"{url}/v2/models/{model}" if model else url
+
+
+def parse_autoscale(text: str | None) -> dict[str, int] | None:
+    """``"MIN,MAX"`` as Ray's ``autoscaling_config`` fields (``None`` stays ``None``)."""
+    if text is None:
+        return None
     try:
-        check_is_fitted(model)
-    except NotFittedError:
-        raise InvalidInput(f"{type(model).__name__} is not fitted yet; call .fit(X, y) before deploying") from None
-
-
-def _version() -> str:
-    from nbdeploy import __version__
-
-    return __version__
+        low, high = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise InvalidInput(f"autoscale takes MIN,MAX replicas (two whole numbers, e.g. '1,4'), got {text!r}") from None
+    if not 0 <= low <= high or high < 1:
+        raise InvalidInput(f"autoscale needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return {"min_replicas": low, "max_replicas": high}

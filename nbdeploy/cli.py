@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="another Host header name to accept (repeatable)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a web origin (scheme://host[:port]) whose pages may call the server, with CORS "
+                            "(repeatable; * for any, only with the token; default $NBDEPLOY_ALLOWED_ORIGINS)")
     serve.add_argument("--batching", choices=["auto", "on", "off"], help="adaptive batching (default auto)")
     serve.add_argument("--max-batch-rows", type=int, help="most rows per batched ONNX call (default 64)")
     serve.add_argument("--max-batch-wait-ms", type=float, help="longest a batch waits for more rows (default 1)")
@@ -29,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int,
                        help="server processes sharing the port (default 1, or $NBDEPLOY_WORKERS)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    for name, text in (("list", "models served from the store"), ("shutdown", "stop the store's server process")):
+    for name, text in (("list", "every model in the store: versions and their states, aliases, status, endpoint"),
+                       ("shutdown", "stop the store's server process")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--home", dest="sub_home", help="store directory")
     stop = sub.add_parser("stop", help="stop serving a model (the server exits when it serves nothing)")
@@ -53,14 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from nbdeploy import api
 
         if args.command == "list":
-            deployments = api.deployments(home)
-            if not deployments:
-                print("no model is served from this store")
-            for dep in deployments:
-                print(f"{dep.name}\tv{dep.version}\t{dep.status}\t{dep.url or '-'}")
+            print(repr(api.models(home)))  # the one view of a store, as %deploy list and nbdeploy.models()
         elif args.command == "stop":
-            api.get(args.name, home).stop()
-            print(f"stopped serving {args.name}")
+            api.stop(args.name, home)
+            print(f"stopped serving {args.name}; its versions stay stored (serve it again: %deploy serve "
+                  f"{args.name}, or nbdeploy.get({args.name!r}).serve())")
         elif args.command == "shutdown":
             print("server stopped" if api.shutdown(home) else "no server was running")
     except NbdeployError as exc:
@@ -75,15 +76,16 @@ def _serve(args: argparse.Namespace, home: str | None) -> int:
 
     config = ServeConfig.from_env(batching=args.batching, max_batch_rows=args.max_batch_rows,
                                   max_batch_wait_ms=args.max_batch_wait_ms, max_queue_rows=args.max_queue_rows,
-                                  max_body_bytes=args.max_body_bytes, workers=args.workers)
+                                  max_body_bytes=args.max_body_bytes, workers=args.workers,
+                                  allowed_origins=",".join(args.allow_origin) or None)
     run(home, args.host, args.port, args.log_level, config=config, allow_hosts=tuple(args.allow_host))
     return 0
 
 
 def _logs(name: str, home: str | None, lines: int) -> int:
-    from nbdeploy.store import Store
+    from nbdeploy.store import open_store
 
-    store = Store(home)
+    store = open_store(home)  # reading logs never creates a store
     store.require_model(name)
     path = Path(store.home) / "server.log"
     if not path.exists():

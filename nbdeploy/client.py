@@ -15,7 +15,7 @@ from nbdeploy.signature import Signature
 
 def v2_inputs(signature: Signature, X: Any) -> list[dict[str, Any]]:
     """The V2 ``inputs`` list for user data (DataFrame, records, 2-D array) under ``signature``."""
-    tensors = signature.tensors_of(X)
+    tensors = signature.encode(X)  # refuses bad values here, with the server's message
     inputs = []
     for spec in signature.inputs:
         values = np.asarray(tensors[spec.name])
@@ -28,16 +28,10 @@ def v2_inputs(signature: Signature, X: Any) -> list[dict[str, Any]]:
 
 
 def post_json(url: str, payload: Any, timeout: float = 60.0) -> Any:
+    """POST ``payload`` as JSON; the decoded answer, or the server's ``{"error"}`` as an NbdeployError
+    with its status (:class:`Unavailable` when the server cannot be reached at all)."""
     body = orjson.dumps(payload)
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    return _send(request, timeout)
-
-
-def get_json(url: str, timeout: float = 10.0) -> Any:
-    return _send(urllib.request.Request(url, method="GET"), timeout)
-
-
-def _send(request: urllib.request.Request, timeout: float) -> Any:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return orjson.loads(resp.read())

@@ -11,12 +11,12 @@ def main() -> None:
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
-    import nbdeploy
+    from nbdeploy.api import deploy, shutdown
 
     X, y = load_iris(return_X_y=True, as_frame=True)
     model = LogisticRegression(max_iter=500).fit(X, y)
     with tempfile.TemporaryDirectory(prefix="nbdeploy-demo-") as home:
-        dep = nbdeploy.deploy(model, X, name="iris", home=home)
+        dep = deploy(model, X, name="iris", home=home)
         try:
             print(f"deployed iris v{dep.version} in {dep.timings['total_s']:.2f} s at {dep.url}")
             row = X.iloc[[0]]
@@ -31,7 +31,7 @@ def main() -> None:
             print(f"probabilities via dep.predict_proba: {dep.predict_proba(row)[0].round(4).tolist()}")
         finally:
             dep.stop()
-            nbdeploy.shutdown(home)
+            shutdown(home)
     print("stopped the server; nothing left running")
 
 

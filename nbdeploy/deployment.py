@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from nbdeploy import client
 from nbdeploy.convert.fidelity import FidelityReport
-from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
+from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, Unavailable
 from nbdeploy.lifecycle.gate import GateDecision
 from nbdeploy.serve import process
 from nbdeploy.signature import Signature
@@ -22,17 +22,31 @@ FEEDBACK_CHUNK = 10_000  # labels per request, well under the body limit
 
 @dataclass
 class Deployment:
-    """A model name served from a store. Properties read the store, so a handle stays current."""
+    """A model name served from a store. Properties read the store, so a handle stays current.
+
+    A handle opens its store once (one SQLite connection per thread) and finds the server through
+    the store's record of it: a request costs a few indexed reads, and the server is asked whether
+    it is up only by :attr:`status`, or when a request to it fails.
+    """
 
     name: str
     home: str
     fidelity: FidelityReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
     gate: GateDecision | None = None  # the promotion gate's decision, when this handle came from one
+    _opened: tuple[int, Store] | None = field(default=None, init=False, repr=False, compare=False)
+    _versions: dict[int, tuple[dict[str, Any], Signature]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)  # stored versions never change
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_opened": None}  # a Store holds connections: reopen after unpickling
 
     @property
     def _store(self) -> Store:
-        return Store(self.home)
+        pid = os.getpid()  # a forked process must not share the parent's SQLite connection
+        if self._opened is None or self._opened[0] != pid:
+            self._opened = (pid, Store(self.home))
+        return self._opened[1]
 
     @property
     def version(self) -> int | None:
@@ -41,7 +55,8 @@ class Deployment:
 
     @property
     def server_url(self) -> str | None:
-        record = process.running_server(self._store)
+        """Where the store's server listens, from its record (the process is alive; not asked over HTTP)."""
+        record = process.recorded_server(self._store)
         return record.url if record else None
 
     @property
@@ -51,6 +66,7 @@ class Deployment:
 
     @property
     def status(self) -> str:
+        """``ready``, ``starting``, ``stopped``, ``server down`` or ``failed: …``; asks the server."""
         store = self._store
         if self.name not in store.serving_models():
             return "stopped"
@@ -64,28 +80,53 @@ class Deployment:
 
     @property
     def signature(self) -> Signature:
-        return Signature.from_dict(self._meta()["signature"])
+        return self._production()[1]
 
     def _meta(self) -> dict[str, Any]:
+        return self._production()[0]
+
+    def _production(self) -> tuple[dict[str, Any], Signature]:
         version = self.version
         if version is None:
             raise NotFound(f"model {self.name!r} has no production version")
-        return self._store.version(self.name, version).meta
+        known = self._versions.get(version)
+        if known is None:
+            meta = self._store.version(self.name, version).meta
+            known = self._versions[version] = (meta, Signature.from_dict(meta["signature"]))
+        return known
+
+    def _post(self, action: str, payload: Any) -> Any:
+        """POST to this model's ``action`` route at the recorded server; only when that fails, ask
+        whether a server is up (a restarted one may listen elsewhere) and say so if none is."""
+        store = self._store
+        record = process.recorded_server(store)
+        if record is None:
+            raise self._not_running()
+        try:
+            return client.post_json(f"{record.url}/v2/models/{self.name}/{action}", payload)
+        except Unavailable:
+            live = process.running_server(store)
+            if live is None:
+                raise self._not_running() from None
+            if live.url == record.url:
+                raise
+        return client.post_json(f"{live.url}/v2/models/{self.name}/{action}", payload)
+
+    def _not_running(self) -> NbdeployError:
+        return Unavailable(f"the server for {self.name!r} is not running; deploy again to start it")
 
     def _infer(self, X: Any, outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
-        """The outputs, and the request id the answer carries (the log keeps the prediction under it)."""
-        url = self.url
-        if url is None:
-            raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
-        payload = {"id": uuid.uuid4().hex, "inputs": client.v2_inputs(self.signature, X),
-                   "outputs": [{"name": o} for o in outputs]}
-        response = client.post_json(f"{url}/infer", payload)
-        return client.outputs_by_name(response), str(response.get("id") or payload["id"])
+        """The outputs, and the key the server logged the request under (``parameters.prediction_id``)."""
+        payload = {"inputs": client.v2_inputs(self.signature, X), "outputs": [{"name": o} for o in outputs]}
+        response = self._post("infer", payload)
+        return client.outputs_by_name(response), str((response.get("parameters") or {}).get("prediction_id")
+                                                     or response.get("id"))
 
     def predict(self, X: Any, *, return_ids: bool = False) -> Any:
         """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint.
 
-        With ``return_ids=True``, ``(labels, ids)``: one prediction id per row, for :meth:`feedback`.
+        With ``return_ids=True``, ``(labels, ids)``: one prediction id per row, made by the server
+        (unique, whatever else calls the endpoint), for :meth:`feedback`.
         """
         outputs, request_id = self._infer(X, ["label"])
         labels = outputs["label"]
@@ -102,14 +143,11 @@ class Deployment:
         labels = [v.item() if isinstance(v, np.generic) else v for v in np.asarray(y_true, dtype=object).reshape(-1)]
         if len(ids) != len(labels):
             raise InvalidInput(f"{len(ids)} ids but {len(labels)} labels")
-        url = self.url
-        if url is None:
-            raise NbdeployError(f"the server for {self.name!r} is not running; deploy again to start it", 503)
         total: dict[str, Any] = {"accepted": 0, "updated": 0, "unchanged": 0, "errors": []}
         for start in range(0, len(ids), FEEDBACK_CHUNK):
             items = [{"id": i, "label": y} for i, y in zip(ids[start:start + FEEDBACK_CHUNK],
                                                             labels[start:start + FEEDBACK_CHUNK], strict=True)]
-            result = client.post_json(f"{url}/feedback", items)
+            result = self._post("feedback", items)
             for key in ("accepted", "updated", "unchanged"):
                 total[key] += result[key]
             total["errors"] += [{**e, "index": e["index"] + start} for e in result["errors"]]
@@ -128,11 +166,14 @@ class Deployment:
         (``thresholds``, ``drift_thresholds``, ``on_alert`` callback, window sizes).
         """
         from nbdeploy.display.monitor import monitor_widget
+        from nbdeploy.monitor.live import Monitor
 
+        if not interval > 0:
+            raise InvalidInput(f"interval must be a positive number of seconds, got {interval}")
         store = self._store
         store.require_model(self.name)
-        return monitor_widget(str(store.home), self.name, store=store, interval=interval, sidecar=sidecar,
-                              **options)
+        return monitor_widget(Monitor(store.home, self.name, store=store, **options), interval=interval,
+                              sidecar=sidecar)
 
     def health(self) -> dict[str, Any]:
         """One monitor snapshot as a dict (what the widget and ``/metrics`` show)."""

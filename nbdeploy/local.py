@@ -26,15 +26,16 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
-from nbdeploy.signature import FLOAT_TYPES, MISSING_STRING, InputSpec, Signature
-from nbdeploy.store import PRODUCTION, Store, VersionRecord
+from nbdeploy.errors import InvalidInput, NbdeployError
+from nbdeploy.serve.probe import nan_refusing_inputs
+from nbdeploy.serve.sessions import ort_session, session_runner
+from nbdeploy.signature import Signature
+from nbdeploy.store import Store, VersionRecord, open_store, version_number
 
 if TYPE_CHECKING:
     from nbdeploy.store.events import EventSink
@@ -50,12 +51,8 @@ class OnnxPredictor:
 
     def __init__(self, onnx_bytes: bytes, meta: dict[str, Any], threads: int = 1, *,
                  sink: EventSink | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(onnx_bytes, threads=threads)
+        self._run = session_runner(self.session)
         self.name: str = meta.get("name", "model")
         self.version: int | None = meta.get("version")
         self.signature = Signature.from_dict(meta["signature"])
@@ -63,6 +60,8 @@ class OnnxPredictor:
         self.nbdeploy_task = self.task  # lets nbdeploy.lifecycle.evaluation score it like an estimator
         self.classes_ = np.asarray(meta.get("classes") or [])
         self.outputs: list[str] = [o.name for o in self.session.get_outputs()]
+        # float inputs where a missing value makes the model answer NaN: refused, as the server does
+        self.no_nan = nan_refusing_inputs(self.signature, self._run)
         self.sink = sink
         self.last_id: str | None = None  # id of the last logged call (feedback uses it; see store.log.row_ids)
 
@@ -93,9 +92,8 @@ class OnnxPredictor:
         tensors: dict[str, np.ndarray] = {}
         try:
             tensors = self.tensors(X)
-            feeds = self.signature.feeds(tensors)
-            names = self.outputs if self.sink is not None else wanted  # the log keeps every output
-            results = dict(zip(names, self.session.run(names, feeds), strict=True))
+            feeds = self.signature.feeds(tensors, no_nan=self.no_nan)
+            results = self._run(feeds)
         except NbdeployError as exc:
             self._log(tensors, {}, started, exc.status, exc.message)
             raise
@@ -104,16 +102,9 @@ class OnnxPredictor:
 
     # -- user data -> named tensors -------------------------------------------------------
     def tensors(self, X: Any) -> dict[str, np.ndarray]:
-        """User data as tensors named by the signature's inputs (the user's column names)."""
-        sig = self.signature
-        if isinstance(X, Mapping) and X and all(np.ndim(v) == 0 for v in X.values()):
-            X = [dict(X)]  # one record
-        if isinstance(X, np.ndarray) or (isinstance(X, (list, tuple)) and not _records(X)):
-            if not sig.frame:
-                arr = np.asarray(X)
-                return {sig.inputs[0].name: _column(sig.inputs[0], arr if arr.ndim != 1 else arr.reshape(1, -1))}
-            return _split(sig, X)
-        return sig.tensors_of(X)  # DataFrame, records, dict of columns: pandas, imported here only
+        """User data as tensors named by the signature's inputs (the user's column names), checked by
+        the one encoder the client and the fidelity check use."""
+        return self.signature.encode(X)
 
     def _log(self, tensors: dict[str, np.ndarray], outputs: dict[str, np.ndarray], started: float,
              status: int, error: str | None) -> None:
@@ -144,57 +135,6 @@ class OnnxPredictor:
                 f"inputs=[{shown}], outputs={self.outputs}{logged})")
 
 
-def _records(X: list[Any] | tuple[Any, ...]) -> bool:
-    return len(X) > 0 and isinstance(X[0], Mapping)
-
-
-def _split(sig: Signature, X: Any) -> dict[str, np.ndarray]:
-    """A 2-D array or list of rows whose columns are the signature's inputs, in order."""
-    arr = X if isinstance(X, np.ndarray) else np.array(X, dtype=object)
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2 or arr.shape[1] != len(sig.inputs):
-        raise InvalidInput(f"this model takes {len(sig.inputs)} columns ({', '.join(sig.names)}); "
-                           f"got an array of shape {list(arr.shape)}")
-    return {spec.name: _column(spec, arr[:, i]) for i, spec in enumerate(sig.inputs)}
-
-
-def _column(spec: InputSpec, values: np.ndarray) -> np.ndarray:
-    """Object and text arrays made into what :meth:`Signature.feeds` checks, without pandas.
-
-    Text inputs become ``str`` arrays (missing -> the sentinel); object arrays holding only numbers
-    (and ``None`` -> NaN for float inputs) become numeric arrays; anything else is left for the
-    signature to refuse with its usual message.
-    """
-    if spec.datatype == "BYTES":
-        if values.dtype.kind not in "OUS":
-            return values
-        flat = [_text(v) for v in values.ravel().tolist()]
-        return np.array(flat, dtype=str).reshape(values.shape) if flat else values.astype(str)
-    if values.dtype.kind != "O":
-        return values
-    flat = values.ravel().tolist()
-    if not all(v is None or isinstance(v, _NUMBER) for v in flat):
-        return values
-    if any(v is None for v in flat):
-        if spec.datatype not in FLOAT_TYPES:
-            raise InvalidInput(f"input {spec.name!r}: missing values (None) are not accepted for {spec.datatype}")
-        flat = [np.nan if v is None else v for v in flat]
-    return np.array(flat).reshape(values.shape)
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if v is None or (isinstance(v, float) and v != v):
-        return MISSING_STRING
-    return str(v)
-
-
-Predictor = OnnxPredictor
-
 _LOGS: dict[Path, Any] = {}  # one prediction log (and writer thread) per store home in this process
 _LOGS_LOCK = threading.Lock()
 
@@ -204,40 +144,24 @@ def load(name: str, version: int | str | None = None, alias: str | None = None, 
     """An in-process predictor of a stored model version (default: the ``production`` alias).
 
     ``version`` is a version number; ``alias`` an alias name (``production``, ``staging`` …).
-    ``home`` is the store (default ``$NBDEPLOY_HOME`` or ``./.nbdeploy``). With ``log=True`` the
-    predictions go to the store's prediction log, as the endpoint's do.
+    ``home`` is the store (default ``$NBDEPLOY_HOME`` or ``./.nbdeploy``); none is created. With
+    ``log=True`` the predictions go to the store's prediction log, as the endpoint's do.
     """
     store = open_store(home)
-    record = resolve(store, name, version, alias)
+    record = store.resolve(name, _ref(version, alias))
     sink = prediction_log(store) if log else None
     return OnnxPredictor.from_record(record, sink=sink)
 
 
-def open_store(home: str | os.PathLike[str] | None) -> Store:
-    """The store at ``home``, refusing to create one where there is none."""
-    path = Path(home or os.environ.get("NBDEPLOY_HOME") or ".nbdeploy").resolve()
-    if not (path / "nbdeploy.db").is_file():
-        raise NotFound(f"no nbdeploy store at {path} (pass home=, or set NBDEPLOY_HOME)")
-    return Store(path)
-
-
-def resolve(store: Store, name: str, version: int | str | None = None, alias: str | None = None) -> VersionRecord:
-    """The stored version a (version, alias) pair names; both ``None`` means ``production``."""
-    store.require_model(name)
+def _ref(version: int | str | None, alias: str | None) -> int | str | None:
+    """``load``'s two keywords as the one reference :meth:`Store.resolve` takes."""
     if version is not None and alias is not None:
         raise InvalidInput("pass a version or an alias, not both")
-    if version is not None:
-        if isinstance(version, bool) or not str(version).isdigit():
-            raise InvalidInput(f"version must be a number, got {version!r} (for an alias, pass alias={version!r})")
-        return store.version(name, int(version))
-    aliases = store.aliases(name)
-    wanted = alias or PRODUCTION
-    if wanted not in aliases:
-        versions = ", ".join(str(v.version) for v in store.versions(name)) or "none"
-        known = ", ".join(sorted(aliases)) or "none"
-        raise NotFound(f"model {name!r} has no {wanted!r} alias (aliases: {known}); "
-                       f"pass a version number (versions: {versions})")
-    return store.version(name, aliases[wanted])
+    if version is not None and version_number(version) is None:
+        raise InvalidInput(f"version must be a number, got {version!r} (for an alias, pass alias={version!r})")
+    if alias is not None and (not isinstance(alias, str) or version_number(alias) is not None):
+        raise InvalidInput(f"alias must be an alias name, got {alias!r} (for a version, pass version={alias!r})")
+    return version if version is not None else alias
 
 
 def prediction_log(store: Store) -> Any:

@@ -25,21 +25,34 @@ from nbdeploy.errors import InvalidInput
 FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 MISSING_STRING = "__nbdeploy_missing__"  # a missing value in a text (BYTES) input
 INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-NUMPY_OF = {
-    "BOOL": np.dtype(bool),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
+DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    **{f"INT{bits}": np.dtype(f"int{bits}") for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": np.dtype(f"uint{bits}") for bits in (8, 16, 32, 64)},
+    **{f"FP{bits}": np.dtype(f"float{bits}") for bits in (16, 32, 64)},
     "BYTES": np.dtype(object),
 }
+"""The V2 datatypes and their numpy dtypes; :data:`NUMPY_TO_DATATYPE` is the inverse."""
+
+
+class _DtypeToDatatype(dict[np.dtype, str]):
+    """The inverse map; indexing also resolves dtype-likes (``np.float32``, ``'>f4'``) and maps
+    every str/bytes/object dtype (``'<U5'``, ``'S3'``) to BYTES. ``in`` and ``get`` check only exact keys."""
+
+    def __missing__(self, key: Any) -> str:
+        try:
+            dtype = np.dtype(key)
+        except TypeError:
+            raise KeyError(key) from None
+        if dtype.kind in "USO":
+            return "BYTES"
+        found = self.get(dtype.newbyteorder("="))
+        if found is None:
+            raise KeyError(key)
+        return found
+
+
+NUMPY_TO_DATATYPE: dict[np.dtype, str] = _DtypeToDatatype({dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()})
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class InputSpec:
     logical: str = "numeric"  # numeric | integer | bool | string: what the sample held
     categories: tuple[str, ...] | None = None  # for pandas `category` columns
     has_missing: bool = False  # the sample had missing values in this column
+    dtype: str | None = None  # the sample column's pandas dtype, so decoded frames match the training frame
 
     @property
     def nullable(self) -> bool:
@@ -97,6 +111,7 @@ class Signature:
                 logical=i.get("logical", "numeric"),
                 categories=tuple(i["categories"]) if i.get("categories") else None,
                 has_missing=bool(i.get("has_missing", False)),
+                dtype=i.get("dtype"),
             )
             for i in data["inputs"]
         )
@@ -112,19 +127,15 @@ class Signature:
         return Signature(specs, self.frame)
 
     # -- validation: one request's tensors, by the user's input names -> ONNX feeds ---------
-    def feeds(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def feeds(self, tensors: dict[str, np.ndarray], no_nan: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Check named tensors against the schema and return ONNX Runtime feeds.
 
         Accepts a column input as ``[n]`` or ``[n, 1]``; safe upcasts (int and bool to float,
         narrower to wider int) are applied; anything else is an ``InvalidInput`` naming the input.
+        ``no_nan`` names float inputs where the model cannot take a missing value (found by running
+        it: see :func:`nbdeploy.serve.probe.nan_refusing_inputs`); NaN there is refused too.
         """
-        unknown = [n for n in tensors if n not in {s.name for s in self.inputs}]
-        if unknown:
-            raise InvalidInput(f"unknown input {unknown[0]!r}{_suggest(unknown[0], self.names)}; "
-                               f"expected inputs: {', '.join(self.names)}")
-        missing = [n for n in self.names if n not in tensors]
-        if missing:
-            raise InvalidInput(f"missing input {missing[0]!r}; expected inputs: {', '.join(self.names)}")
+        check_names(list(tensors), self.names)
         rows: int | None = None
         feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
@@ -134,32 +145,228 @@ class Signature:
                     f"input {spec.name!r}: has {arr.shape[0]} rows but other inputs have {rows}"
                 )
             rows = arr.shape[0]
+            if spec.name in no_nan:
+                missing = np.isnan(arr)
+                if missing.any():
+                    raise missing_refused(spec.name, int(np.argwhere(missing)[0][0]))
             feeds[spec.onnx_name] = arr
         return feeds
 
-    # -- encoding on the client side ----------------------------------------------------
-    def tensors_of(self, X: Any) -> dict[str, np.ndarray]:
-        """Split user data (DataFrame, records, 2-D array) into named tensors by this schema."""
-        if self.frame:
-            import pandas as pd
+    def split_columns(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        """An ``[n, k]`` array whose ``k`` columns are the inputs, in order, as one ``[n]`` tensor per
+        input, by name (views, not copies). A 1-D array is one row."""
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[1] != len(self.inputs):
+            raise InvalidInput(f"this model takes {len(self.inputs)} columns ({', '.join(self.names)}); "
+                               f"got an array of shape {list(array.shape)}")
+        return {spec.name: array[:, i] for i, spec in enumerate(self.inputs)}
 
-            if isinstance(X, dict):
-                X = pd.DataFrame(X)
-            elif isinstance(X, list):
-                X = pd.DataFrame.from_records(X)
-            elif not isinstance(X, pd.DataFrame):
-                raise InvalidInput(
-                    f"this model takes a DataFrame with columns {', '.join(self.names)}; "
-                    f"got {type(X).__name__}"
-                )
-            missing = [n for n in self.names if n not in X.columns]
-            if missing:
-                raise InvalidInput(f"missing column {missing[0]!r}; expected columns: {', '.join(self.names)}")
-            return {s.name: column_values(X[s.name], s) for s in self.inputs}
-        arr = np.asarray(X)
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        return {self.inputs[0].name: arr}
+    # -- encoding user data: the one path for the client, the library, the fidelity check and the gate ----
+    def encode(self, X: Any) -> dict[str, np.ndarray]:
+        """User data as tensors named by this schema's inputs, checked value by value; nothing is coerced.
+
+        Takes a DataFrame (columns in any order), records (a list of dicts, or one dict), a dict of
+        columns, or a 2-D array / list of rows whose columns are the inputs in order (one row may be
+        1-D). A value of the wrong kind (text in a number column, a number in a text column, a
+        missing value where none can be sent) is an :class:`InvalidInput` naming the input, the row,
+        the value and what was expected: the same message the server gives for the same data.
+        """
+        if self.frame and _is_table(X):
+            return self._encode_table(X)
+        if isinstance(X, dict) and X and all(np.ndim(v) == 0 for v in X.values()):
+            return self._encode_table([X])  # one record
+        arr = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=object)
+        if not self.frame:
+            if arr.ndim == 1:
+                arr = arr.reshape(1, -1)
+            spec = self.inputs[0]
+            return {spec.name: encode_values(spec, arr)}  # its shape is judged by feeds(), as in the server
+        columns = self.split_columns(arr)
+        return {spec.name: encode_values(spec, columns[spec.name]) for spec in self.inputs}
+
+    def decode(self, tensors: dict[str, np.ndarray]) -> Any:
+        """Named tensors back as the data the model was fitted on: a DataFrame with the sample's dtypes
+        (categories, nullable integers and booleans, text with real missing values), or a 2-D array.
+
+        ``decode(encode(X))`` is ``X`` as the served model sees it; scikit-learn run on that sees what
+        ONNX Runtime sees (the fidelity check, retraining on logged traffic).
+        """
+        if not self.frame:
+            spec = self.inputs[0]
+            return np.asarray(tensors[spec.name], dtype=np.float64).reshape(-1, spec.shape[1])
+        import pandas as pd
+
+        return pd.DataFrame({spec.name: _decode_column(spec, np.asarray(tensors[spec.name]).reshape(-1))
+                             for spec in self.inputs})
+
+    def as_served(self, X: Any) -> Any:
+        """``X`` as the served model sees it: encoded with this schema, then decoded (see :meth:`decode`)."""
+        return self.decode(self.encode(X))
+
+    def _encode_table(self, X: Any) -> dict[str, np.ndarray]:
+        import pandas as pd
+
+        if isinstance(X, list):
+            bad = next((i for i, r in enumerate(X) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise InvalidInput(f"record {bad} is a {type(X[bad]).__name__}, not a dict of column values")
+            X = pd.DataFrame.from_records(X)
+        elif isinstance(X, dict):
+            X = pd.DataFrame(X)
+        check_names([str(c) for c in X.columns], self.names)
+        return {s.name: encode_values(s, X[s.name]) for s in self.inputs}
+
+
+def check_names(got: list[str], expected: list[str]) -> None:
+    """Every expected input present, nothing else: the client, the library and the server say it alike."""
+    unknown = [n for n in got if n not in expected]
+    if unknown:
+        raise InvalidInput(f"unknown input {unknown[0]!r}{_suggest(unknown[0], expected)}; "
+                           f"expected inputs: {', '.join(expected)}")
+    missing = [n for n in expected if n not in got]
+    if missing:
+        raise InvalidInput(f"missing input {missing[0]!r}; expected inputs: {', '.join(expected)}")
+
+
+def missing_refused(name: str, row: int) -> InvalidInput:
+    """A missing value where the model cannot take one (it would answer NaN or fail)."""
+    return InvalidInput(f"input {name!r}: expected a number, got a missing value (null/NaN) at row {row}; "
+                        "this model cannot take missing values there")
+
+
+def wrong_value(name: str, datatype: str, value: Any, row: int) -> InvalidInput:
+    """The one message for a value an input cannot take: input, row, what came and what was expected."""
+    expected = {"BYTES": "text", "BOOL": "booleans (true/false)"}.get(
+        datatype, "integers" if datatype in INT_TYPES else "numbers")
+    if value is None or (isinstance(value, float) and value != value) or _is_missing(value):
+        what = "a missing value (null)"
+        hint = ("; the sample had none in this column, so the model takes none here: deploy with a sample "
+                "that has them" if datatype not in FLOAT_TYPES and datatype != "BYTES" else "")
+        return InvalidInput(f"input {name!r}: expected {expected} ({datatype}), got {what} at row {row}{hint}")
+    if isinstance(value, (bool, np.bool_)):
+        what = f"the boolean {bool(value)}"
+    elif isinstance(value, (str, bytes)):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        what = f"the text {text[:40]!r}"
+    elif isinstance(value, (int, float, np.number)):
+        what = f"the number {value}"
+    else:
+        what = f"a {type(value).__name__}"
+    return InvalidInput(f"input {name!r}: expected {expected} ({datatype}), got {what} at row {row}")
+
+
+def encode_values(spec: InputSpec, values: Any) -> np.ndarray:
+    """One input's values (a pandas column, or a 1-D/2-D array) as the array the signature declares.
+
+    Floats carry missing values as NaN, text as :data:`MISSING_STRING`; integers and booleans take
+    none. Category columns travel as their categories' text.
+    """
+    if hasattr(values, "dtype") and not isinstance(values, np.ndarray):  # a pandas column
+        values = _column_array(values)
+    arr = np.asarray(values)
+    shape = arr.shape
+    datatype = spec.datatype
+    kind = arr.dtype.kind
+    if datatype in FLOAT_TYPES:
+        if kind in "fiub":  # booleans are numbers to scikit-learn (0.0/1.0), as in a nullable boolean column
+            return arr.astype(np.float64, copy=False)
+        flat = arr.ravel().tolist()
+        out = np.empty(len(flat), dtype=np.float64)
+        for i, v in enumerate(flat):
+            if v is None or _is_missing(v):
+                out[i] = np.nan
+            elif isinstance(v, (int, float, np.integer, np.floating, np.bool_)):
+                out[i] = v
+            else:
+                raise wrong_value(spec.name, datatype, v, _row(i, shape))
+        return out.reshape(shape)
+    if datatype == "BYTES":
+        flat = arr.ravel().tolist()
+        out = np.empty(len(flat), dtype=object)
+        for i, v in enumerate(flat):
+            if isinstance(v, str):
+                out[i] = v
+            elif isinstance(v, bytes):
+                out[i] = v.decode("utf-8", "replace")
+            elif v is None or _is_missing(v):
+                out[i] = MISSING_STRING
+            elif spec.categories is not None and not isinstance(v, (bool, np.bool_)) and str(v) in spec.categories:
+                out[i] = str(v)  # a category column whose categories are numbers travels as their text
+            else:
+                raise wrong_value(spec.name, datatype, v, _row(i, shape))
+        return out.reshape(shape)
+    flat = arr.ravel().tolist() if kind not in "biu" else []
+    gap = next((i for i, v in enumerate(flat) if v is None or _is_missing(v)), None)
+    if gap is not None:  # integer and boolean inputs take no missing value: say so before anything else
+        raise wrong_value(spec.name, datatype, None, _row(gap, shape))
+    if datatype == "BOOL":
+        if kind == "b":
+            return arr
+        for i, v in enumerate(flat):
+            if not isinstance(v, (bool, np.bool_)):
+                raise wrong_value(spec.name, datatype, v, _row(i, shape))
+        return np.array(flat, dtype=bool).reshape(shape)
+    # integer inputs
+    if kind in "iu":
+        return arr.astype(DATATYPE_TO_NUMPY[datatype], copy=False)
+    for i, v in enumerate(flat):
+        integral = isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer())
+        if isinstance(v, (bool, np.bool_)) or not integral:
+            raise wrong_value(spec.name, datatype, v, _row(i, shape))
+    return np.array(flat, dtype=DATATYPE_TO_NUMPY[datatype]).reshape(shape)
+
+
+def _decode_column(spec: InputSpec, values: np.ndarray) -> Any:
+    """One input's values in the sample column's dtype; missing values as that dtype holds them."""
+    import pandas as pd
+
+    dtype = spec.dtype or {"string": "object", "bool": "bool", "integer": "int64"}.get(spec.logical, "float64")
+    if spec.datatype == "BYTES":
+        missing = values == MISSING_STRING
+        if dtype == "category":
+            return pd.Categorical(np.where(missing, None, values), categories=list(spec.categories or ()))
+        # the served graph treats a missing text value as scikit-learn treats NaN there (not None, which
+        # SimpleImputer passes through): NaN is what the served model computed with
+        column = pd.Series(np.where(missing, np.nan, values), dtype=object)
+        return column if dtype == "object" else column.astype(dtype)
+    if spec.datatype in FLOAT_TYPES and spec.logical in ("integer", "bool") and dtype in ("Int64", "boolean"):
+        nullable = pd.array(np.where(np.isnan(values), 0, values).astype("int64"), dtype="Int64")
+        nullable[np.isnan(values)] = pd.NA
+        return nullable if dtype == "Int64" else nullable.astype("boolean")
+    try:
+        return pd.Series(values).astype(dtype)
+    except (TypeError, ValueError):  # a dtype this pandas cannot rebuild: the values as they are
+        return pd.Series(values)
+
+
+def _row(flat_index: int, shape: tuple[int, ...]) -> int:
+    width = shape[1] if len(shape) > 1 else 1
+    return flat_index // max(width, 1)
+
+
+def _column_array(col: Any) -> np.ndarray:
+    """A pandas column as numpy without changing any value: nullable dtypes keep ``None`` for NA,
+    categories become their values, numbers stay numbers, text stays text."""
+    import pandas as pd
+
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return col.astype(object).where(col.notna(), None).to_numpy(dtype=object)
+    if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
+        return col.to_numpy()
+    if pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):  # Float64, Int64 with NA
+        return col.to_numpy(dtype=np.float64, na_value=np.nan) if col.isna().any() else col.to_numpy(
+            dtype=np.float64 if pd.api.types.is_float_dtype(dtype) else np.int64)
+    return col.astype(object).where(col.notna(), None).to_numpy(dtype=object)
+
+
+def _is_table(X: Any) -> bool:
+    if isinstance(X, list):
+        return bool(X) and isinstance(X[0], dict)
+    if isinstance(X, dict):
+        return bool(X) and not all(np.ndim(v) == 0 for v in X.values())
+    return type(X).__name__ == "DataFrame" and hasattr(X, "columns")
 
 
 def from_sample(X: Any, float_type: str = "FP32") -> Signature:
@@ -174,7 +381,8 @@ def from_sample(X: Any, float_type: str = "FP32") -> Signature:
         names = [str(c) for c in X.columns]
         if len(set(names)) != len(names):
             raise InvalidInput("the sample DataFrame has duplicate column names; rename them before fitting")
-        specs = [_column_spec(name, X[col], float_type) for name, col in zip(names, X.columns, strict=True)]
+        specs = [replace(_column_spec(name, X[col], float_type), dtype=str(X[col].dtype))
+                 for name, col in zip(names, X.columns, strict=True)]
         taken: set[str] = set()
         for i, spec in enumerate(specs):  # "a b" and "a_b" must not share a graph input
             onnx_name, n = spec.onnx_name, 0
@@ -197,30 +405,6 @@ def from_sample(X: Any, float_type: str = "FP32") -> Signature:
 def onnx_safe_name(name: str) -> str:
     """A graph input name for a column: what skl2onnx itself would make of it."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-def column_values(col: Any, spec: InputSpec) -> np.ndarray:
-    """A pandas column as a 1-D array of the logical type: floats with NaN, ints, bools or str.
-
-    Missing strings become :data:`MISSING_STRING`; a bool column with missing values becomes floats.
-    """
-    import pandas as pd
-
-    kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else "extension"
-    if kind == "f" or (kind in ("i", "u") and spec.logical == "numeric"):  # the common case, kept fast
-        return col.to_numpy(dtype=np.float64)
-    if kind in ("i", "u", "b") and spec.logical in ("integer", "bool"):
-        return col.to_numpy()
-    if spec.logical == "string":
-        values = col.astype(object).to_numpy()
-        return np.array([MISSING_STRING if _is_missing(v) else str(v) for v in values], dtype=object)
-    if spec.logical == "bool":
-        if col.isna().any():
-            return col.astype(object).map(lambda v: np.nan if _is_missing(v) else float(v)).to_numpy(np.float64)
-        return col.astype(bool).to_numpy()
-    if spec.logical == "integer" and not col.isna().any():
-        return col.astype("int64").to_numpy()
-    return pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
 
 
 def _column_spec(name: str, col: Any, float_type: str) -> InputSpec:
@@ -259,48 +443,14 @@ def _coerce(spec: InputSpec, arr: np.ndarray) -> np.ndarray:
         raise InvalidInput(
             f"input {spec.name!r}: expected shape [-1, {n_features}], got {list(arr.shape)}"
         )
-    want = NUMPY_OF[spec.datatype]
-    kind = arr.dtype.kind
-    if spec.datatype == "BYTES":
-        if kind not in "OUS":
-            raise InvalidInput(f"input {spec.name!r}: expected BYTES (strings), got {_v2_name(arr.dtype)}")
-        if kind == "U":
-            return arr.astype(object)
-        return np.vectorize(_as_str, otypes=[object])(arr.astype(object))
-    if kind in "OUS":
-        raise InvalidInput(f"input {spec.name!r}: expected {spec.datatype} numbers, got strings")
-    if spec.datatype == "BOOL":
-        if kind != "b":
-            hint = (" (missing values are not accepted here: the sample had none in this column; "
-                    "deploy with a sample that has them)") if kind == "f" and np.isnan(arr).any() else ""
-            raise InvalidInput(f"input {spec.name!r}: expected BOOL, got {_v2_name(arr.dtype)}{hint}")
-        return arr
-    if spec.datatype in FLOAT_TYPES:
-        if kind not in "fiub":
-            raise InvalidInput(f"input {spec.name!r}: expected {spec.datatype}, got {_v2_name(arr.dtype)}")
-        return arr.astype(want, copy=False)
-    # integer input
-    if kind == "f":
-        if np.isnan(arr).any():
-            raise InvalidInput(f"input {spec.name!r}: missing values (null/NaN) are not accepted for {spec.datatype}")
-        if not np.all(np.mod(arr, 1) == 0):
-            raise InvalidInput(f"input {spec.name!r}: expected {spec.datatype} integers, got fractional numbers")
-    elif kind not in "iub":
+    if spec.datatype not in DATATYPE_TO_NUMPY or arr.dtype.kind not in "fiubOUS":
         raise InvalidInput(f"input {spec.name!r}: expected {spec.datatype}, got {_v2_name(arr.dtype)}")
-    return arr.astype(want, copy=False)
-
-
-def _as_str(v: Any) -> str:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return MISSING_STRING if _is_missing(v) else str(v)
+    # value by value, with the messages the client and the library give for the same data
+    return encode_values(spec, arr).astype(DATATYPE_TO_NUMPY[spec.datatype], copy=False)
 
 
 def _v2_name(dtype: np.dtype) -> str:
-    for name, dt in NUMPY_OF.items():
-        if dt == dtype:
-            return name
-    return str(dtype)
+    return NUMPY_TO_DATATYPE.get(dtype, str(dtype))
 
 
 def _is_missing(v: Any) -> bool:

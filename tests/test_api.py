@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 import nbdeploy
-from nbdeploy.errors import InvalidInput
+from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve.process import pid_alive
 from nbdeploy.store import Store
 
@@ -100,3 +101,37 @@ def test_bad_models_are_refused_before_anything_is_stored(tmp_path, iris, model,
     with pytest.raises(InvalidInput, match=needle):
         nbdeploy.deploy(model, X, name="iris", home=str(tmp_path))
     assert Store(tmp_path).model_names() == []
+
+
+def test_a_handle_reads_its_store_once_and_asks_the_server_only_for_status(tmp_path, iris, monkeypatch):
+    X, _, model = iris
+    home = str(tmp_path)
+    dep = nbdeploy.deploy(model, X, name="iris", home=home)
+    try:
+        dep.predict(X.head(1))
+        opened, probes = [], []
+        monkeypatch.setattr("nbdeploy.deployment.Store", lambda *a: opened.append(a) or Store(*a))
+        real_live = nbdeploy.serve.process._live
+        monkeypatch.setattr("nbdeploy.serve.process._live", lambda *a, **k: probes.append(a) or real_live(*a, **k))
+        for _ in range(3):
+            dep.predict(X.head(1))
+        labels, ids = dep.predict(X.head(2), return_ids=True)
+        assert dep.feedback(ids, labels)["accepted"] == 2
+        assert opened == [] and probes == []
+        assert dep.status == "ready" and len(probes) == 1
+        copy = pickle.loads(pickle.dumps(dep))  # the store is reopened, not pickled
+        np.testing.assert_array_equal(copy.predict(X.head(3)), model.predict(X.head(3)))
+    finally:
+        nbdeploy.shutdown(home)
+    with pytest.raises(NbdeployError, match="the server for 'iris' is not running; deploy again"):
+        dep.predict(X.head(1))
+
+
+def test_autoscale_is_parsed_by_the_api():
+    from nbdeploy.api import parse_autoscale
+
+    assert parse_autoscale("1,4") == {"min_replicas": 1, "max_replicas": 4}
+    assert parse_autoscale(None) is None
+    for bad in ("4", "a,b", "3,1", "0,0", "1,2,3"):
+        with pytest.raises(InvalidInput, match="autoscale"):
+            parse_autoscale(bad)

@@ -83,17 +83,22 @@ def test_dataframe_models_take_records_dicts_and_arrays(deployed, name):
 
 def test_missing_values_in_records_and_arrays(deployed):
     predictor = nbdeploy.load("pets", home=deployed["home"])
-    from_frame = predictor.predict(pd.DataFrame({"kind": [None, "dog"], "age": [np.nan, 3.0]}))
-    np.testing.assert_array_equal(predictor.predict([{"kind": None, "age": None}, {"kind": "dog", "age": 3.0}]),
+    from_frame = predictor.predict(pd.DataFrame({"kind": [None, "dog"], "age": [5.0, 3.0]}))
+    np.testing.assert_array_equal(predictor.predict([{"kind": None, "age": 5}, {"kind": "dog", "age": 3.0}]),
                                   from_frame)
-    np.testing.assert_array_equal(predictor.predict(np.array([[None, None], ["dog", 3.0]], dtype=object)), from_frame)
+    np.testing.assert_array_equal(predictor.predict(np.array([[None, 5], ["dog", 3.0]], dtype=object)), from_frame)
+    # a missing age would make the logistic regression answer NaN: refused, as the endpoint refuses it
+    refused = r"input 'age': expected a number, got a missing value \(null/NaN\) at row 0"
+    with pytest.raises(InvalidInput, match=refused):
+        predictor.predict([{"kind": "dog", "age": None}])
 
 
 @pytest.mark.parametrize(("name", "bad", "message"), [
-    ("iris", lambda X: X.drop(columns=["petal width (cm)"]), "missing column 'petal width (cm)'"),
+    ("iris", lambda X: X.drop(columns=["petal width (cm)"]), "missing input 'petal width (cm)'"),
     ("iris", lambda X: X.to_numpy()[:, :3], "takes 4 columns"),
     ("diabetes", lambda X: X[:, :5], "expected shape [-1, 10], got [3, 5]"),
-    ("pets", lambda X: X.assign(age="old").to_numpy(), "input 'age': expected FP32 numbers, got strings"),
+    ("pets", lambda X: X.assign(age="old").to_numpy(),
+     "input 'age': expected numbers (FP32), got the text 'old' at row 0"),
 ])
 def test_refuses_what_the_endpoint_refuses(deployed, name, bad, message):
     dep, X, _ = deployed[name]
@@ -138,7 +143,11 @@ def test_version_and_alias_select_what_is_loaded(versions):
     ({"name": "iris", "version": 7}, NotFound, "has no version 7; versions: 1, 2"),
     ({"name": "iris", "version": "staging"}, InvalidInput, "for an alias, pass alias='staging'"),
     ({"name": "iris", "version": 1, "alias": "staging"}, InvalidInput, "not both"),
-    ({"name": "iris", "alias": "canary"}, NotFound, "no 'canary' alias (aliases: production, staging)"),
+    ({"name": "iris", "alias": "canary"}, NotFound,
+     "no 'canary' alias; versions: 1, 2; aliases: production -> 2, staging -> 1"),
+    ({"name": "iris", "alias": "stagin"}, NotFound, "no 'stagin' alias (did you mean 'staging'?)"),
+    ({"name": "iris", "alias": "2"}, InvalidInput, "for a version, pass version='2'"),
+    ({"name": "iris", "version": True}, InvalidInput, "a version is a number or an alias name, got True"),
 ])
 def test_errors_are_one_line_and_name_the_fix(versions, kwargs, error, message):
     with pytest.raises(error) as exc:
@@ -150,6 +159,14 @@ def test_no_store_is_not_created(tmp_path):
     with pytest.raises(NotFound, match="no nbdeploy store at"):
         nbdeploy.load("iris", home=tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_url_is_not_taken_for_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInput, match="home is a postgresql:// URL") as exc:
+        nbdeploy.load("iris", home="postgresql://user:secret@db/models")
+    assert "secret" not in str(exc.value)  # a database URL may carry a password
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_repr_names_the_version_and_inputs(deployed):

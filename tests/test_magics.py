@@ -53,7 +53,9 @@ def test_export_every_format_from_a_line(shell, ns, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("line", "needle"),
     [
-        ("modle --name iris --sample X", "no variable named 'modle' for the model (did you mean 'model'?)"),
+        ("modle --name iris --sample X", "'modle' is neither a variable nor a subcommand (did you mean 'model'?)"),
+        ("nosuch", "'nosuch' is neither a variable nor a subcommand"),
+        ("trian model X y --name iris", "(did you mean 'train'?)"),
         ("model --name iris --sample Z", "no variable named 'Z'"),
         ("model --sample X", "the following arguments are required: --name"),
         ("unfitted --name iris --sample X", "not fitted yet"),
@@ -63,11 +65,14 @@ def test_export_every_format_from_a_line(shell, ns, tmp_path, capsys):
         ("export iris --to tirton out", "unknown export format 'tirton' (did you mean 'triton'?)"),
         ("export iris out", "the following arguments are required: --to"),
         ("", "expected MODEL --name NAME --sample X"),
+        ("serve iris --on ray --autoscale 1", "autoscale takes MIN,MAX replicas"),
+        ("serve iris --on ray --autoscale 4,2", "autoscale needs 0 <= MIN <= MAX"),
     ],
 )
-def test_user_errors_are_one_line_usage_errors(shell, ns, line, needle):
+def test_user_errors_are_one_line_usage_errors(shell, ns, tmp_path, line, needle):
     ns["unfitted"] = LogisticRegression()
     ns["notamodel"] = {"a": 1}
+    Store(tmp_path).register("iris", b"onnx", {})
     with pytest.raises(UsageError) as info:
         shell.run_line_magic("deploy", line)
     message = str(info.value)
@@ -112,7 +117,8 @@ def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, ca
     [
         ("train model X y", "the following arguments are required: --name"),
         ("train model X y --name iris --test-size 2", "test_size"),
-        ("test nosuch X y", "no variable named 'nosuch'"),
+        ("test nosuch X y", "'nosuch' is neither a variable nor a stored model"),
+        ("test modle X y", "'modle' is neither a variable nor a stored model (did you mean 'model'?)"),
         ("promote iris notanumber", "invalid int value"),
         ("rollback nosuch", "no model named 'nosuch'"),
         ("retrain nosuch", "no model named 'nosuch'"),
@@ -135,5 +141,24 @@ def test_monitor_from_a_line(shell, ns, tmp_path, capsys):
     shell.run_line_magic("deploy", "monitor iris --interval 60")
     shell.run_line_magic("deploy", "monitor iris --stop")
     assert "stopped the monitor of 'iris'" in capsys.readouterr().out
-    with pytest.raises(UsageError, match="--interval must be a positive"):
+    with pytest.raises(UsageError, match="interval must be a positive"):
         shell.run_line_magic("deploy", "monitor iris --interval 0")
+
+
+def test_help_is_printed_not_raised(shell, ns, capsys):
+    from nbdeploy.magics import SUBCOMMANDS
+
+    shell.run_line_magic("deploy", "--help")
+    overview = capsys.readouterr().out
+    assert all(f"%deploy {command} " in overview or f"%deploy {command}\n" in overview for command in SUBCOMMANDS)
+    shell.run_line_magic("deploy", "serve --help")
+    assert "--autoscale  autoscale between MIN and MAX replicas" in capsys.readouterr().out
+    shell.run_line_magic("deploy", "model --help")
+    assert "--max-diff" in capsys.readouterr().out
+
+
+def test_the_docstring_lists_every_subcommand(shell):
+    from nbdeploy.magics import SUBCOMMANDS
+
+    doc = shell.find_line_magic("deploy").__doc__
+    assert len(SUBCOMMANDS) == 12 and all(f"%deploy {command}" in doc for command in SUBCOMMANDS)

@@ -11,6 +11,8 @@ from sklearn.tree import DecisionTreeClassifier
 
 import nbdeploy
 from nbdeploy.errors import NotFound
+from nbdeploy.lifecycle.registration import register
+from nbdeploy.store import Store
 
 pytestmark = pytest.mark.server
 
@@ -21,7 +23,7 @@ def test_a_shadow_version_is_logged_and_compared_but_never_answers(tmp_path, iri
     dep = nbdeploy.deploy(model, X, "iris", home=home)
     try:
         stump = DecisionTreeClassifier(max_depth=1, random_state=0).fit(X, y)  # agrees on about 2/3
-        nbdeploy.api.register(stump, X, "iris", store=nbdeploy.api.Store(home))
+        register(stump, X, "iris", store=Store(home))
         nbdeploy.shadow("iris", 2, home=home)
         assert dep.version == 1
         for i in range(30):
@@ -41,7 +43,7 @@ def test_a_shadow_version_is_logged_and_compared_but_never_answers(tmp_path, iri
         assert abs(shadow["agreement"] - expected) < 0.05
         assert dep.health()["traffic"]["requests"] == 31  # shadow traffic is not counted as the model's
         nbdeploy.shadow("iris", None, home=home)
-        assert "shadow" not in nbdeploy.api.Store(home).aliases("iris")
+        assert "shadow" not in Store(home).aliases("iris")
         with pytest.raises(NotFound):
             nbdeploy.shadow("iris", 9, home=home)
     finally:

@@ -57,7 +57,7 @@ def test_signature_round_trips_through_json_with_the_missing_marker(frame) -> No
 
 def test_missing_strings_travel_as_the_sentinel(frame) -> None:
     sig = from_sample(frame)
-    tensors = sig.tensors_of(frame)
+    tensors = sig.encode(frame)
     assert list(tensors["city"]) == ["paris", MISSING_STRING, "lyon"]
     assert list(tensors["tier"]) == ["gold", "silver", MISSING_STRING]
     assert np.isnan(tensors["pets"][1]) and tensors["pets"][0] == 1.0
@@ -68,19 +68,19 @@ def test_missing_strings_travel_as_the_sentinel(frame) -> None:
 
 def test_requests_are_checked_by_the_users_column_names(frame) -> None:
     sig = from_sample(frame)
-    tensors = sig.tensors_of(frame)
+    tensors = sig.encode(frame)
     feeds = sig.feeds(tensors)
     assert "price____" in feeds and feeds["price____"].dtype == np.float32
     with pytest.raises(InvalidInput, match="did you mean 'rooms'"):
         sig.feeds({**tensors, "room": tensors["rooms"]})
-    with pytest.raises(InvalidInput, match="expected INT64 integers"):
+    with pytest.raises(InvalidInput, match=r"expected integers \(INT64\), got the number 1.5 at row 0"):
         sig.feeds({**tensors, "rooms": np.array([1.5, 2.0, 3.0])})
 
 
 def test_a_missing_bool_where_the_sample_had_none_says_what_to_do(frame) -> None:
     sig = from_sample(frame)
-    tensors = sig.tensors_of(frame)
-    with pytest.raises(InvalidInput, match=r"missing values are not accepted here.*deploy with a sample"):
+    tensors = sig.encode(frame)
+    with pytest.raises(InvalidInput, match=r"input 'garden': expected booleans.*got a missing value \(null\) at row 1.*deploy with a sample"):
         sig.feeds({**tensors, "garden": np.array([1.0, np.nan, 0.0])})
 
 

@@ -73,13 +73,14 @@ def to_onnx(model: Any, signature: Signature, precision: str = "FP32") -> Conver
         raise ConversionError(f"{type(model).__name__} has no predict(): nbdeploy serves predictions")
     check_supported(model)
     signature = signature.with_float_type(precision)
-    if signature.frame and not starts_with_column_transformer(model):
+    if signature.frame and not takes_columns(model):
         text = [s.name for s in signature.inputs if s.datatype == "BYTES"]
         if text:
             raise ConversionError(
                 f"column {text[0]!r} holds text but the model does not start with a ColumnTransformer; "
                 "put the encoders in a ColumnTransformer (Pipeline([('prep', ColumnTransformer(...)), ...])) "
-                "so the deployed model encodes text itself"
+                "so the deployed model encodes text itself, or make the column a pandas category for a "
+                "HistGradientBoosting model's native categorical splits"
             )
         proto = _convert(model, [(graph.FRONT, _tensor_type(precision, [None, len(signature.inputs)]))], precision)
         names = graph.prepend_concat(proto, signature)
@@ -90,9 +91,9 @@ def to_onnx(model: Any, signature: Signature, precision: str = "FP32") -> Conver
                  for s in signature.inputs]
         proto = _convert(model, inner, precision)
         names = graph.typed_inputs(proto, signature)
-    graph.canonical_outputs(proto, has_probabilities(model))
-    _check_graph(proto)
     classes = _classes(model) if task == "classification" else None
+    graph.canonical_outputs(proto, has_probabilities(model), classes)
+    _check_graph(proto)
     outputs = [LABEL, PROBABILITIES] if has_probabilities(model) else [LABEL]
     return Converted(proto.SerializeToString(), signature.with_onnx_names(names), task, classes, outputs,
                      time.perf_counter() - started, precision)
@@ -109,10 +110,15 @@ def check_supported(model: Any) -> None:
 def starts_with_column_transformer(model: Any) -> bool:
     from sklearn.compose import ColumnTransformer
 
-    first = model.steps[0][1] if hasattr(model, "steps") else model
-    if hasattr(first, "steps"):
-        return starts_with_column_transformer(first)
-    return isinstance(first, ColumnTransformer)
+    return isinstance(steps.first_step(model), ColumnTransformer)
+
+
+def takes_columns(model: Any) -> bool:
+    """The first step reads the frame's columns one by one (a ColumnTransformer, or a HistGradientBoosting
+    model with native categorical splits, whose categories may be text): the graph gets one input per column."""
+    from nbdeploy.convert.categorical import has_native_categories
+
+    return starts_with_column_transformer(model) or has_native_categories(steps.first_step(model))
 
 
 def _tensor_type(datatype: str, shape: list[int | None]) -> Any:

@@ -6,7 +6,13 @@
   the missing value (a category of its own in encoders, the thing an imputer replaces).
 * ``OrdinalEncoder``: scikit-learn encodes a missing value as ``encoded_missing_value`` (NaN by
   default, which HistGradientBoosting handles natively); skl2onnx gives it a category index.
-* Trees: see :mod:`nbdeploy.convert.trees`.
+* Trees: see :mod:`nbdeploy.convert.trees`; HistGradientBoosting's native categorical splits:
+  :mod:`nbdeploy.convert.categorical`.
+* Isotonic calibration (:mod:`~nbdeploy.convert.calibration`), ``TargetEncoder``
+  (:mod:`~nbdeploy.convert.target_encoding`), ``KBinsDiscretizer`` (:mod:`~nbdeploy.convert.binning`),
+  ``QuantileTransformer`` (:mod:`~nbdeploy.convert.quantiles`), ``FunctionTransformer`` with NumPy
+  functions (:mod:`~nbdeploy.convert.ufuncs`), distance-weighted k-NN (:mod:`~nbdeploy.convert.neighbors`),
+  ``SplineTransformer`` (:mod:`~nbdeploy.convert.splines`, which skl2onnx has no converter for).
 * Double precision: ONNX Runtime has no double ``Imputer`` kernel, so a double-precision imputer is
   built from ``IsNaN``/``Equal`` + ``Where`` with the statistics kept in double.
 """
@@ -20,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from nbdeploy.convert.categories import is_missing, text_forms
+from nbdeploy.convert.nodes import node
 from nbdeploy.signature import MISSING_STRING
 
 Converter = Callable[[Any, Any, Any], None]
@@ -27,8 +35,32 @@ Converter = Callable[[Any, Any, Any], None]
 
 def custom_converters(precision: str) -> tuple[dict[type, Converter], dict[type, Callable[[Any], None]]]:
     """Converters and shape calculators to pass to ``convert_sklearn`` for this float precision."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.impute import SimpleImputer
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import (
+        FunctionTransformer,
+        KBinsDiscretizer,
+        OneHotEncoder,
+        OrdinalEncoder,
+        QuantileTransformer,
+        SplineTransformer,
+        TargetEncoder,
+    )
+    from sklearn.svm import SVC, NuSVC
+
+    from nbdeploy.convert import categorical
+    from nbdeploy.convert.binning import kbins_discretizer, kbins_shape
+    from nbdeploy.convert.calibration import calibrated_classifier
+    from nbdeploy.convert.neighbors import neighbors_converters
+    from nbdeploy.convert.quantiles import quantile_transformer
+    from nbdeploy.convert.splines import spline_shape, spline_transformer
+    from nbdeploy.convert.target_encoding import target_encoder, target_encoder_shape
+    from nbdeploy.convert.trees import tree_converters
+    from nbdeploy.convert.ufuncs import function_transformer, function_transformer_shape
+
+    double = precision == "FP64"
 
     def ordinal_shape(operator: Any) -> None:
         from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType
@@ -37,18 +69,26 @@ def custom_converters(precision: str) -> tuple[dict[type, Converter], dict[type,
         width = sum(v.type.shape[1] for v in operator.inputs)
         n = operator.inputs[0].get_first_dimension()
         if np.issubdtype(op.dtype, np.floating):
-            kind = DoubleTensorType if precision == "FP64" else FloatTensorType
+            kind = DoubleTensorType if double else FloatTensorType
         else:
             kind = Int64TensorType
         operator.outputs[0].type = kind([n, width])
 
-    from sklearn.svm import SVC, NuSVC
-
-    from nbdeploy.convert.trees import tree_converters
-
-    converters: dict[type, Converter] = {SimpleImputer: _imputer, OneHotEncoder: _one_hot, OrdinalEncoder: _ordinal,
-                                         SVC: _svc, NuSVC: _svc, **tree_converters()}
-    return {cls: _own_operator_only(fn) for cls, fn in converters.items()}, {OrdinalEncoder: ordinal_shape}
+    converters: dict[type, Converter] = {
+        SimpleImputer: _imputer, OneHotEncoder: _one_hot, OrdinalEncoder: _ordinal, SVC: _svc, NuSVC: _svc,
+        CalibratedClassifierCV: calibrated_classifier, FunctionTransformer: function_transformer,
+        TargetEncoder: target_encoder(double), KBinsDiscretizer: kbins_discretizer,
+        QuantileTransformer: quantile_transformer, SplineTransformer: spline_transformer,
+        Pipeline: _nested_pipeline, **tree_converters(), **neighbors_converters(),
+    }
+    hist = (HistGradientBoostingClassifier, HistGradientBoostingRegressor)
+    for cls in hist:  # native categorical splits; the tree converters otherwise
+        converters[cls] = categorical.hist_gradient_boosting(converters[cls], double)
+    shapes = {OrdinalEncoder: ordinal_shape, FunctionTransformer: function_transformer_shape,
+              TargetEncoder: target_encoder_shape(double), KBinsDiscretizer: kbins_shape(double),
+              SplineTransformer: spline_shape(double),
+              **dict.fromkeys(hist, categorical.shape_calculator(double))}
+    return {cls: _own_operator_only(fn) for cls, fn in converters.items()}, shapes
 
 
 def _own_operator_only(convert: Converter) -> Converter:
@@ -66,16 +106,6 @@ def _own_operator_only(convert: Converter) -> Converter:
             convert(scope, operator, container)
 
     return converter
-
-
-def is_missing(value: Any) -> bool:
-    """``None``, ``NaN`` or ``pd.NA``: what scikit-learn treats as a missing value in an object array."""
-    if value is None:
-        return True
-    try:
-        return bool(value != value)  # NaN and pd.NA (whose comparison is NA, truthy-checked below)
-    except TypeError:  # pd.NA: "boolean value of NA is ambiguous"
-        return True
 
 
 def with_sentinel(categories: np.ndarray) -> np.ndarray:
@@ -103,6 +133,35 @@ def _one_hot(scope: Any, operator: Any, container: Any) -> None:
     patched.categories_ = [with_sentinel(c) for c in op.categories_]
     with _swapped(operator, patched):
         convert_sklearn_one_hot_encoder(scope, operator, container)
+
+
+def _nested_pipeline(scope: Any, operator: Any, container: Any) -> None:
+    """A pipeline inside another estimator (a calibrated, voting or stacking classifier): skl2onnx's
+    converter, except that it asks ``zipmap=False`` only of classifiers whose converter takes it
+    (LinearSVC's does not)."""
+    from skl2onnx._parse import _parse_sklearn
+    from skl2onnx.common._apply_operation import apply_cast
+    from skl2onnx.common.data_types import guess_proto_type
+
+    from nbdeploy.convert.steps import classifier_options
+
+    inputs = operator.inputs
+    for _, step in operator.raw_operator.steps:
+        for key, options in classifier_options(step).items():
+            if options:
+                scope.add_options(key, options)
+                container.add_options(key, options)
+        inputs = _parse_sklearn(scope, step, inputs, custom_parsers=None)
+    if len(inputs) != len(operator.outputs):
+        raise RuntimeError(f"the pipeline's last step gives {len(inputs)} outputs where {len(operator.outputs)} "
+                           "are expected")
+    for made, out in zip(inputs, operator.outputs, strict=True):
+        name = scope.get_unique_operator_name("Pipeline")
+        if isinstance(out.type, type(made.type)):
+            container.add_node("Identity", made.full_name, out.full_name, name=name)
+        else:
+            apply_cast(scope, made.full_name, out.full_name, container, operator_name=name,
+                       to=guess_proto_type(out.type))
 
 
 def _svc(scope: Any, operator: Any, container: Any) -> None:
@@ -179,7 +238,7 @@ def _ordinal(scope: Any, operator: Any, container: Any) -> None:
         if j is not None:
             index = scope.get_unique_variable_name("ordinal_index")
             container.add_initializer(index, TensorProto.INT64, [1], [j])
-            column = _node(scope, container, "Gather", [column, index], axis=1)
+            column = node(scope, container, "Gather", [column, index], axis=1)
         codes = np.arange(len(cats), dtype=np.float64)
         if mappings is not None and mappings[i] is not None:
             codes = np.asarray(mappings[i], dtype=np.float64)
@@ -187,30 +246,28 @@ def _ordinal(scope: Any, operator: Any, container: Any) -> None:
         for k in missing_at:
             codes[k] = float(op.encoded_missing_value)
         if isinstance(var.type, StringTensorType):
-            keys = {"keys_strings": [MISSING_STRING if is_missing(c) else str(c) for c in cats]}
-            values = codes
+            strings, found = [], []
+            for k, c in enumerate(cats):
+                for key in [MISSING_STRING] if is_missing(c) else text_forms(c):
+                    strings.append(key)
+                    found.append(codes[k])
+            keys, values = {"keys_strings": strings}, np.array(found)
         else:
             if isinstance(var.type, DoubleTensorType):
-                column = _node(scope, container, "Cast", [column], to=TensorProto.FLOAT)
+                column = node(scope, container, "Cast", [column], to=TensorProto.FLOAT)
             kept = [k for k, c in enumerate(cats) if not is_missing(c)]
             keys = {"keys_floats": [float(cats[k]) for k in kept]}
             values = codes[kept]
-        encoded = _node(scope, container, "LabelEncoder", [column], op_domain="ai.onnx.ml", op_version=2,
+        encoded = node(scope, container, "LabelEncoder", [column], op_domain="ai.onnx.ml", op_version=2,
                         values_floats=values.astype(np.float32).tolist(), default_float=unknown, **keys)
         if missing_at and not isinstance(var.type, StringTensorType):
-            nan_mask = _node(scope, container, "IsNaN", [column])
+            nan_mask = node(scope, container, "IsNaN", [column])
             fill = scope.get_unique_variable_name("ordinal_missing")
             container.add_initializer(fill, TensorProto.FLOAT, [], [float(op.encoded_missing_value)])
-            encoded = _node(scope, container, "Where", [nan_mask, fill, encoded])
+            encoded = node(scope, container, "Where", [nan_mask, fill, encoded])
         outputs.append(encoded)
-    joined = _node(scope, container, "Concat", outputs, axis=1) if len(outputs) > 1 else outputs[0]
+    joined = node(scope, container, "Concat", outputs, axis=1) if len(outputs) > 1 else outputs[0]
     out = operator.outputs[0]
     types = {DoubleTensorType: TensorProto.DOUBLE, FloatTensorType: TensorProto.FLOAT}
     to = types.get(type(out.type), TensorProto.INT64)
     container.add_node("Cast", [joined], [out.full_name], to=to, name=scope.get_unique_operator_name("Cast"))
-
-
-def _node(scope: Any, container: Any, op_type: str, inputs: list[str], **attrs: Any) -> str:
-    out = scope.get_unique_variable_name(op_type.lower())
-    container.add_node(op_type, inputs, [out], name=scope.get_unique_operator_name(op_type), **attrs)
-    return out

@@ -16,6 +16,8 @@ import numpy as np
 
 from nbdeploy.convert.conversion import Converted, has_probabilities, to_onnx
 from nbdeploy.errors import ConversionError
+from nbdeploy.serve.probe import nan_refusing_inputs
+from nbdeploy.serve.sessions import ort_session, session_runner
 from nbdeploy.signature import Signature, from_sample
 
 MIN_AGREEMENT = 0.999
@@ -91,10 +93,9 @@ class FidelityRefused(ConversionError):
 
 
 def onnx_predictions(session: Any, signature: Signature, X: Any) -> dict[str, np.ndarray]:
-    """Run an in-process ONNX Runtime session on user data, through the signature's checks."""
-    feeds = signature.feeds(signature.tensors_of(X))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    """Run an in-process ONNX Runtime session on user data, through the checks the server applies."""
+    run = session_runner(session)
+    return run(signature.feeds(signature.encode(X), no_nan=nan_refusing_inputs(signature, run)))
 
 
 def check(model: Any, session: Any, signature: Signature, task: str, X: Any, precision: str,
@@ -102,12 +103,12 @@ def check(model: Any, session: Any, signature: Signature, task: str, X: Any, pre
           max_rel: float | None = None) -> FidelityReport:
     """Compare ``model`` (scikit-learn) with ``session`` (ONNX Runtime) on ``X``."""
     got = onnx_predictions(session, signature, X)
+    labels = list(getattr(X, "index", range(len(got["label"]))))
     want = np.asarray(model.predict(X))
     have = got["label"]
     if want.shape[0] != have.shape[0] or (task != "regression" and want.ndim != 1):
         raise ConversionError(f"the ONNX model answers with shape {list(have.shape)} where scikit-learn answers "
                               f"{list(want.shape)}; multi-output models are not supported")
-    labels = list(getattr(X, "index", range(len(want))))
     if task == "regression":
         return _regression(want, have, labels, precision, max_diff if max_rel is None else max_rel)
     proba = None
@@ -161,7 +162,6 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
     Raises :class:`FidelityRefused` (before anything is stored) when no conversion passes the gate,
     unless ``force``: then the best conversion is returned with ``report.forced`` set.
     """
-    import onnxruntime as ort
 
     signature = from_sample(sample)
     tried: list[tuple[Converted, FidelityReport, Any]] = []
@@ -174,7 +174,8 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
                 raise
             errors.append(f"not convertible in {precision}: {exc.message}")
             break
-        session = ort.InferenceSession(converted.onnx_bytes, _server_like_options(), providers=["CPUExecutionProvider"])
+        # the server's own session settings: sums add up in the same order, so near-ties break alike
+        session = ort_session(converted.onnx_bytes)
         report = check(model, session, converted.signature, converted.task, X_check, precision,
                        min_agreement, max_diff)
         tried.append((converted, report, session))
@@ -199,17 +200,6 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
     return converted, report
 
 
-def _server_like_options() -> Any:
-    """One intra-op thread, as the server runs a model: float sums then add up in the same order, so
-    near-ties between classes (forests with an even number of trees) break the same way here and there."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return options
-
-
 def latency(model: Any, session: Any, signature: Signature, X: Any, proba: bool,
             budget: float = 0.15) -> dict[str, float]:
     """Median seconds per call of scikit-learn and ONNX Runtime, for one row and for 1,000 rows."""
@@ -217,7 +207,7 @@ def latency(model: Any, session: Any, signature: Signature, X: Any, proba: bool,
     out: dict[str, float] = {}
     for rows, repeats in ((1, 200), (1000, 10)):
         batch = _rows(X, rows)
-        feeds = signature.feeds(signature.tensors_of(batch))
+        feeds = signature.feeds(signature.encode(batch))
         out[f"sklearn_{rows}"] = _median_time(lambda b=batch: predict(b), repeats, budget)
         out[f"onnx_{rows}"] = _median_time(lambda f=feeds: session.run(None, f), repeats, budget)
     return out

@@ -71,8 +71,16 @@ def prepend_concat(model: Any, signature: Signature) -> list[str]:
     return [s.onnx_name for s in signature.inputs]
 
 
-def canonical_outputs(model: Any, probabilities: bool) -> None:
-    """Rename outputs to ``label`` (always 1-D) and, when asked, ``probabilities``; drop the rest."""
+def canonical_outputs(model: Any, probabilities: bool, classes: list[Any] | None = None) -> None:
+    """Rename outputs to ``label`` (always 1-D) and, when asked, ``probabilities``; drop the rest.
+
+    Probabilities are clipped to [0, 1] (sums of float tree weights can give -1e-7) and each row is
+    divided by its sum (a float ``logsumexp`` over naive Bayes' large log-likelihoods leaves rows
+    summing to 1 ± 6e-5); both leave faithful probabilities unchanged to float precision. When the
+    classes are known, the label is the first class of maximal probability, as scikit-learn picks it: the
+    converters' own labels break exact ties (a forest with an even number of trees, k-NN with an
+    even k) in their own way.
+    """
     from onnx import helper, numpy_helper
 
     outs = list(model.graph.output)
@@ -80,18 +88,83 @@ def canonical_outputs(model: Any, probabilities: bool) -> None:
         rename(model, out.name, f"nbdeploy_raw_{i}")
         out.name = f"nbdeploy_raw_{i}"
     first = outs[0]
-    shape_name = "nbdeploy_flat_shape"
-    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape_name))
-    model.graph.node.append(helper.make_node("Reshape", [first.name, shape_name], [LABEL], name="nbdeploy_label"))
-    new_outputs = [helper.make_tensor_value_info(LABEL, first.type.tensor_type.elem_type, [None])]
+    label_type = first.type.tensor_type.elem_type
+    with_classes = bool(probabilities and classes)
+    if not with_classes:
+        label_type = computed_type(model, first.name, label_type)
+    new_outputs = [helper.make_tensor_value_info(LABEL, label_type, [None])]
     if probabilities:
         proba = outs[1]
-        model.graph.node.append(helper.make_node("Identity", [proba.name], [PROBABILITIES], name="nbdeploy_proba"))
+        proba_type = computed_type(model, proba.name, proba.type.tensor_type.elem_type)
+        dtype = helper.tensor_dtype_to_np_dtype(proba_type)
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(0, dtype), "nbdeploy_proba_min"),
+                                        numpy_helper.from_array(np.array(1, dtype), "nbdeploy_proba_max"),
+                                        numpy_helper.from_array(np.array(np.finfo(dtype).tiny, dtype),
+                                                                "nbdeploy_proba_tiny")])
+        if _opset(model) >= 13:
+            model.graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "nbdeploy_axis"))
+            total = helper.make_node("ReduceSum", ["nbdeploy_clipped", "nbdeploy_axis"], ["nbdeploy_total"],
+                                     keepdims=1, name="nbdeploy_total")
+        else:
+            total = helper.make_node("ReduceSum", ["nbdeploy_clipped"], ["nbdeploy_total"], axes=[1], keepdims=1,
+                                     name="nbdeploy_total")
+        model.graph.node.extend([
+            helper.make_node("Clip", [proba.name, "nbdeploy_proba_min", "nbdeploy_proba_max"], ["nbdeploy_clipped"],
+                             name="nbdeploy_clip"),
+            total,
+            helper.make_node("Max", ["nbdeploy_total", "nbdeploy_proba_tiny"], ["nbdeploy_divisor"],
+                             name="nbdeploy_divisor"),
+            helper.make_node("Div", ["nbdeploy_clipped", "nbdeploy_divisor"], [PROBABILITIES], name="nbdeploy_proba"),
+        ])
         dims = [d.dim_value or None for d in proba.type.tensor_type.shape.dim]
-        new_outputs.append(helper.make_tensor_value_info(PROBABILITIES, proba.type.tensor_type.elem_type,
-                                                         [None, *dims[1:]]))
+        new_outputs.append(helper.make_tensor_value_info(PROBABILITIES, proba_type, [None, *dims[1:]]))
+    if with_classes:
+        model.graph.initializer.append(numpy_helper.from_array(_class_array(classes, label_type), "nbdeploy_classes"))
+        # ArgMax answers the first maximal index: said explicitly from opset 12, ONNX Runtime's choice before
+        first = {"select_last_index": 0} if _opset(model) >= 12 else {}
+        model.graph.node.extend([
+            helper.make_node("ArgMax", [PROBABILITIES], ["nbdeploy_first_max"], axis=1, keepdims=0,
+                             name="nbdeploy_argmax", **first),
+            helper.make_node("Gather", ["nbdeploy_classes", "nbdeploy_first_max"], [LABEL], axis=0,
+                             name="nbdeploy_label"),
+        ])
+    else:
+        shape_name = "nbdeploy_flat_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape_name))
+        model.graph.node.append(helper.make_node("Reshape", [first.name, shape_name], [LABEL], name="nbdeploy_label"))
     del model.graph.output[:]
     model.graph.output.extend(new_outputs)
+
+
+def computed_type(model: Any, name: str, declared: int) -> int:
+    """The element type the graph computes for ``name``, which may differ from what skl2onnx declared:
+    its parser types a step's output before its shape calculator knows better (a double-precision
+    step after a text encoder is declared float)."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe)
+    except Exception:  # inference is best effort (custom domains); keep what was declared
+        return declared
+    found = next((v for v in inferred.graph.value_info if v.name == name), None)
+    elem = found.type.tensor_type.elem_type if found is not None else 0
+    return elem or declared
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _class_array(classes: list[Any], elem_type: int) -> np.ndarray:
+    """The classes as the converted graph typed its labels (strings, or numbers: bool classes are 0/1)."""
+    from onnx import TensorProto, helper
+
+    if elem_type == TensorProto.STRING:
+        return np.array([str(c) for c in classes], dtype=object)
+    return np.asarray(classes).astype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
 def rename(model: Any, old: str, new: str) -> None:

@@ -60,19 +60,15 @@ def unsupported(model: Any) -> tuple[Path, Any, str] | None:
     """The first step nbdeploy knows ONNX cannot hold: its path, the step, and what to do about it."""
     from sklearn.preprocessing import FunctionTransformer
 
+    from nbdeploy.convert.ufuncs import refusal
+
     known = converter_types()
     for path, est in walk(model):
         if isinstance(est, FunctionTransformer):
-            if est.func is not None or est.inverse_func is not None:
-                return path, est, ("it runs a Python function, which an ONNX graph cannot hold; replace it with "
-                                   "built-in scikit-learn steps, or apply the function to the data before the "
-                                   "model (and send transformed data to the endpoint)")
+            reason = refusal(est)
+            if reason is not None:
+                return path, est, reason
             continue
-        categorical = getattr(est, "is_categorical_", None)
-        if categorical is not None and categorical.any():
-            return path, est, ("its native categorical splits have no faithful ONNX form (skl2onnx treats the "
-                               "categories as numbers); drop categorical_features and one-hot or ordinal-encode "
-                               "those columns in a ColumnTransformer instead")
         if type(est) not in known and not children(est):
             return path, est, ("skl2onnx has no converter for this class; replace it with built-in scikit-learn "
                                "steps, or register a converter with skl2onnx.update_registered_converter "
@@ -81,12 +77,15 @@ def unsupported(model: Any) -> tuple[Path, Any, str] | None:
 
 
 def converter_types() -> set[type]:
-    """Classes skl2onnx can convert now (with onnxmltools' boosters registered when installed)."""
+    """Classes skl2onnx can convert now (with onnxmltools' boosters registered when installed, and
+    nbdeploy's own converters)."""
     from skl2onnx._supported_operators import sklearn_operator_name_map
 
     from nbdeploy.convert.boosters import register_boosters
+    from nbdeploy.convert.splines import register
 
     register_boosters()
+    register()  # classes skl2onnx has no converter for, converted by nbdeploy
     return set(sklearn_operator_name_map)
 
 
@@ -125,6 +124,13 @@ def classifier_options(model: Any) -> dict[int, dict[str, Any]]:
         # rejects (LinearSVC in a Pipeline).
         options[id(est)] = {"zipmap": False} if "zipmap" in allowed else {}
     return options
+
+
+def first_step(model: Any) -> Any:
+    """The step that sees the input first, inside nested pipelines."""
+    while hasattr(model, "steps"):
+        model = model.steps[0][1]
+    return model
 
 
 def final_step(model: Any) -> Any:

@@ -8,7 +8,14 @@ They run unchanged except for the attributes of the tree node they emit:
 * double precision: thresholds and leaf values go in as double tensors (``ai.onnx.ml`` opset 3),
   so a double graph compares in double (see :mod:`nbdeploy.convert.precision`);
 * booleans in integer attributes (HistGradientBoosting's missing-value flags) become 0/1, which
-  protobuf 7 requires.
+  protobuf 7 requires;
+* averaged trees (decision trees, random forests, extra trees): every leaf carries the probability
+  of every class (skl2onnx keeps only the second of two, and ONNX Runtime computes the first as
+  ``1 - p``), unscaled, and the graph divides the sums by the number of trees afterwards. Pure
+  leaves (the default) then add up to exact integers in any order and on any number of threads,
+  so a row that scikit-learn scores as an exact tie (10 of 20 trees) is an exact tie here too,
+  and the label follows scikit-learn's tie rule (see :func:`nbdeploy.convert.graph.canonical_outputs`).
+* HistGradientBoosting with native categorical splits: see :mod:`nbdeploy.convert.categorical`.
 """
 
 from __future__ import annotations
@@ -34,13 +41,43 @@ def sklearn_trees(op: Any) -> list[Any] | None:
     return [e.tree_ for e in estimators]
 
 
+def averaged_trees(op: Any) -> list[Any] | None:
+    """The trees of a classifier whose probabilities are the mean of its trees' (one output only)."""
+    from sklearn.base import is_classifier
+
+    if not is_classifier(op) or getattr(op, "n_outputs_", 1) != 1 or isinstance(getattr(op, "estimators_", None),
+                                                                                 np.ndarray):
+        return None
+    return sklearn_trees(op)
+
+
+def leaf_probabilities(trees: list[Any], n_classes: int) -> dict[str, list[Any]]:
+    """``class_*`` attributes giving every leaf its class probabilities as scikit-learn normalises them."""
+    attrs: dict[str, list[Any]] = {"class_treeids": [], "class_nodeids": [], "class_ids": [], "class_weights": []}
+    for t, tree in enumerate(trees):
+        leaves = np.flatnonzero(tree.children_left == -1)
+        values = tree.value[leaves, 0, :n_classes]
+        totals = values.sum(axis=1, keepdims=True)
+        fractions = values / np.where(totals == 0.0, 1.0, totals)
+        for leaf, row in zip(leaves.tolist(), fractions, strict=True):
+            attrs["class_treeids"] += [t] * n_classes
+            attrs["class_nodeids"] += [leaf] * n_classes
+            attrs["class_ids"] += list(range(n_classes))
+            attrs["class_weights"] += row.tolist()
+    return attrs
+
+
 class _TreeContainer:
     """A skl2onnx container that fixes the attributes of the tree nodes passing through it."""
 
-    def __init__(self, container: Any, trees: list[Any] | None, double: bool) -> None:
+    def __init__(self, container: Any, trees: list[Any] | None, double: bool, scope: Any = None,
+                 averaged: list[Any] | None = None, float_proba: bool = False) -> None:
         self._container = container
         self._trees = trees
         self._double = double
+        self._scope = scope
+        self._averaged = averaged
+        self._float_proba = float_proba  # a double graph whose converter declared float probabilities
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._container, name)
@@ -48,11 +85,42 @@ class _TreeContainer:
     def add_node(self, op_type: str, inputs: Any, outputs: Any, op_domain: str = "", op_version: Any = None,
                  name: Any = None, **attrs: Any) -> Any:
         if op_type in TREE_OPS and op_domain == "ai.onnx.ml":
+            if op_type == "TreeEnsembleClassifier" and self._averaged is not None:
+                return self._add_averaged(inputs, outputs, op_version, name, attrs)
             attrs = self._fix(attrs)
             if self._double:
                 op_version = 3
         return self._container.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version,
                                         name=name, **attrs)
+
+    def _add_averaged(self, inputs: Any, outputs: list[str], op_version: Any, name: Any,
+                      attrs: dict[str, Any]) -> Any:
+        """The tree node with whole leaf probabilities, then the division by the number of trees."""
+        from onnx import TensorProto
+
+        labels = attrs.get("classlabels_int64s")
+        if labels is None:
+            labels = attrs["classlabels_strings"]
+        attrs.update(leaf_probabilities(self._averaged, len(labels)))
+        attrs["post_transform"] = "NONE"
+        attrs = self._fix(attrs)
+        n_trees = len(self._averaged)
+        label, proba = outputs
+        summed = self._scope.get_unique_variable_name("tree_sums") if n_trees > 1 else proba
+        self._container.add_node("TreeEnsembleClassifier", inputs, [label, summed], op_domain="ai.onnx.ml",
+                                 op_version=3 if self._double else op_version, name=name, **attrs)
+        if n_trees == 1:
+            return None
+        # In a double graph the sums arrive in double (see precision.cast_float_kernels).
+        count = self._scope.get_unique_variable_name("n_trees")
+        self._container.add_initializer(count, TensorProto.DOUBLE if self._double else TensorProto.FLOAT,
+                                        [], [float(n_trees)])
+        mean = self._scope.get_unique_variable_name("tree_mean") if self._float_proba else proba
+        self._container.add_node("Div", [summed, count], [mean], name=self._scope.get_unique_operator_name("Div"))
+        if self._float_proba:
+            self._container.add_node("Cast", [mean], [proba], to=TensorProto.FLOAT,
+                                     name=self._scope.get_unique_operator_name("Cast"))
+        return None
 
     def _fix(self, attrs: dict[str, Any]) -> dict[str, Any]:
         from onnx import numpy_helper
@@ -97,7 +165,10 @@ def tree_converters() -> dict[type, Callable[[Any, Any, Any], None]]:
     def wrap(convert: Callable[..., None]) -> Callable[[Any, Any, Any], None]:
         def converter(scope: Any, operator: Any, container: Any) -> None:
             double = isinstance(operator.inputs[0].type, DoubleTensorType)
-            proxy = _TreeContainer(container, sklearn_trees(operator.raw_operator), double)
+            op = operator.raw_operator
+            float_proba = double and len(operator.outputs) > 1 and not isinstance(operator.outputs[1].type,
+                                                                                   DoubleTensorType)
+            proxy = _TreeContainer(container, sklearn_trees(op), double, scope, averaged_trees(op), float_proba)
             if double:
                 convert(scope, operator, proxy, op_version=3)
             else:

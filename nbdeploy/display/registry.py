@@ -34,7 +34,7 @@ class RegistryTable:
                        for h in ("model", "versions", "aliases", "status", "endpoint", "key metric"))
         body = []
         for r in self.rows:
-            versions = ", ".join(f"{v} (refused)" if v in r["refused"] else str(v) for v in r["versions"])
+            versions = version_states(r)
             aliases = ", ".join(f"{a} → v{v}" for a, v in sorted(r["aliases"].items())) or "—"
             colour = {"ready": "#1a7f37", "stopped": "#6e7781"}.get(r["status"], "#cf222e")
             metric = f"{r['metric']} {r['score']:.4f}" if r["score"] is not None else "—"
@@ -46,6 +46,19 @@ class RegistryTable:
         return f"<table class='nbdeploy-registry'><tr>{head}</tr>{''.join(body)}</table>"
 
     def __repr__(self) -> str:
-        lines = [f"{r['name']}: versions {r['versions']} aliases {r['aliases']} {r['status']} {r['url'] or ''}"
-                 for r in self.rows]
-        return "\n".join(lines) or "no models"
+        return "\n".join(text_line(r) for r in self.rows) or "no models in this store"
+
+
+def version_states(row: dict[str, Any]) -> str:
+    """``1 (refused), 2 (serving)``: each version with its state."""
+    states = row.get("states") or {}
+    return ", ".join(f"{v} ({states.get(v, 'refused' if v in row['refused'] else 'registered')})"
+                     for v in row["versions"])
+
+
+def text_line(row: dict[str, Any]) -> str:
+    """One model as a line of text (``nbdeploy list``, ``repr``)."""
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(row["aliases"].items())) or "no aliases"
+    metric = f"{row['metric']} {row['score']:.4f}" if row.get("score") is not None else "-"
+    return (f"{row['name']}: {row['status']}; versions {version_states(row)}; {aliases}; {metric}; "
+            f"{row['url'] or 'no endpoint'}")

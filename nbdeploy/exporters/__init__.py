@@ -9,46 +9,52 @@ Formats:
 * ``kserve``: a Triton repository plus an ``InferenceService`` manifest on the V2 protocol.
 * ``ray``: the bundle plus a Ray Serve config file for ``serve deploy`` on a cluster.
 
+Options, for the formats that install Python packages: ``hashes=True`` (bundle, docker, ray) pins
+every serving dependency to the sha256 of its wheel, for ``pip install --require-hashes``;
+``base_image=`` (docker) names the image to build from, pinned by digest with ``@sha256:...``.
+
 The package is ``exporters`` rather than ``export`` so that importing it can never shadow the
 ``nbdeploy.export`` function (importing a submodule sets the parent package's attribute).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from nbdeploy.errors import InvalidInput
+from nbdeploy.errors import InvalidInput, did_you_mean
+from nbdeploy.store import open_store
 
 FORMATS = ("bundle", "docker", "triton", "kserve", "ray")
+OPTIONS: dict[str, tuple[str, ...]] = {"bundle": ("hashes",), "docker": ("base_image", "hashes"), "triton": (),
+                                       "kserve": (), "ray": ("hashes",)}
 
 
 def export(name: str, to: str, directory: str | os.PathLike[str], *, version: int | str | None = None,
-           home: str | os.PathLike[str] | None = None) -> Path:
+           home: str | os.PathLike[str] | None = None, **options: Any) -> Path:
     """Write ``name`` (default: its production version) in format ``to`` into ``directory``.
 
     ``version`` is a version number or an alias. ``directory`` must not exist or be empty; it is
-    written whole or not at all. Returns the directory.
+    written whole or not at all. ``options`` are the format's own (see :data:`OPTIONS`). Returns
+    the directory.
     """
     writer = _writer(to)
-    from nbdeploy.local import open_store, resolve
-
-    store = open_store(home)
-    if version is not None and not str(version).isdigit():
-        record = resolve(store, name, alias=str(version))
-    else:
-        record = resolve(store, name, version)
+    unknown = sorted(set(options) - set(OPTIONS[to]))
+    if unknown:
+        takes = f"takes {', '.join(OPTIONS[to])}" if OPTIONS[to] else "takes no options"
+        raise InvalidInput(f"export to {to} {takes}; got {', '.join(unknown)}")
+    record = open_store(home).resolve(name, version)
     target = Path(directory).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidInput(f"{target} already exists and is not an empty directory; choose a new one")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        writer(record, staging)
+        writer(record, staging, **options)
         staging.chmod(0o755)
         os.replace(staging, target)  # replaces an empty directory too: the export appears whole
     except BaseException:
@@ -78,9 +84,7 @@ def _writer(to: str) -> Callable[..., None]:
         from nbdeploy.exporters.ray import write_ray
 
         return write_ray
-    close = difflib.get_close_matches(str(to), FORMATS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise InvalidInput(f"unknown export format {to!r}{hint}; formats: {', '.join(FORMATS)}")
+    raise InvalidInput(f"unknown export format {to!r}{did_you_mean(to, FORMATS)}; formats: {', '.join(FORMATS)}")
 
 
-__all__ = ["FORMATS", "export"]
+__all__ = ["FORMATS", "OPTIONS", "export"]

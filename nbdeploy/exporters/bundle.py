@@ -27,15 +27,21 @@ from nbdeploy.store.registry import SCHEMA
 
 INSTALL = ("python -m venv .venv && .venv/bin/pip install -r requirements.txt "
            "&& .venv/bin/pip install --no-deps wheels/*.whl")
+HASHED = "--require-hashes --only-binary=:all: -r requirements.txt"  # how requirements with hashes install
 SERVE = ".venv/bin/nbdeploy serve --home . --port 8000"
 
 
-def write_bundle(record: VersionRecord, directory: Path) -> None:
-    """Write the bundle of ``record`` into the (empty) ``directory``."""
+def write_bundle(record: VersionRecord, directory: Path, *, hashes: bool = False) -> None:
+    """Write the bundle of ``record`` into the (empty) ``directory``; with ``hashes``, requirements.txt
+    pins each wheel's sha256 (see :func:`nbdeploy.exporters.packaging.requirements_text`)."""
     write_store(record, directory)
-    (directory / "requirements.txt").write_text(requirements_text())
+    (directory / "requirements.txt").write_text(requirements_text(hashes=hashes))
     build_wheel(directory / "wheels")
-    (directory / "README.md").write_text(readme(record))
+    (directory / "README.md").write_text(readme(record, hashes=hashes))
+
+
+def install_command(hashes: bool) -> str:
+    return INSTALL.replace("-r requirements.txt", HASHED) if hashes else INSTALL
 
 
 def write_store(record: VersionRecord, directory: Path) -> None:
@@ -63,7 +69,14 @@ def write_store(record: VersionRecord, directory: Path) -> None:
         db.close()
 
 
-def readme(record: VersionRecord) -> str:
+HASHES_NOTE = """
+`requirements.txt` pins each package to the sha256 of its wheel for Linux on the architecture it
+was exported on: pip installs exactly those files or stops. On another platform pip picks other
+wheels and stops at the first hash: export again where you install, or drop `--require-hashes`.
+"""
+
+
+def readme(record: VersionRecord, hashes: bool = False) -> str:
     name, version = record.name, record.version
     request = json.dumps({"inputs": describe.example_inputs(record)})
     inputs = record.meta["signature"]["inputs"]
@@ -83,10 +96,10 @@ Serving needs no scikit-learn, pandas or IPython: only the pinned packages in `r
 From this folder, with the same Python minor version it was exported with (see `requirements.txt`):
 
 ```bash
-{INSTALL}
+{install_command(hashes)}
 {SERVE}
 ```
-
+{HASHES_NOTE if hashes else ""}
 Then, from another terminal:
 
 ```bash
@@ -124,7 +137,8 @@ use. Put it behind TLS (a reverse proxy, or your platform's ingress) before expo
   classes, held-out metrics, one example row and a reference profile of the training data for drift
   monitoring (column statistics and a sample of values): share the bundle as you would share the
   training data.
-- `requirements.txt`: exact versions of the serving dependencies, as exported.
+- `requirements.txt`: exact versions of the serving dependencies, as exported{
+  ", each with the sha256 of its Linux wheel" if hashes else ""}.
 - `wheels/`: nbdeploy itself. Install it with `--no-deps`: its declared dependencies are those of
   the notebook side (scikit-learn, pandas, Jupyter …), which serving does not need.
 - Predictions and feedback sent to this server are logged beside the store (`log.db`).

@@ -10,6 +10,11 @@ Layout::
 The storage layout is the Triton repository: KServe downloads ``storageUri`` to ``/mnt/models``
 and its ``kserve-tritonserver`` runtime serves that directory, so the V2 path is
 ``/v2/models/NAME/infer`` with the nbdeploy model name.
+
+The serving container runs locked down: not as root (the Triton image's own ``triton-server``
+user, uid 1000; the image itself starts as root), no privilege escalation, no capabilities, the
+default seccomp profile, and a read-only root filesystem with an in-memory ``/tmp``: Triton reads
+the model from the volume KServe mounts and writes nothing else.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from nbdeploy.store import VersionRecord
 
 REPOSITORY = "model-repository"
 RUNTIME = "kserve-tritonserver"
+TRITON_UID = 1000  # the triton-server user of NVIDIA's tritonserver images
 STORAGE_PLACEHOLDER = "s3://BUCKET/PATH/" + REPOSITORY
 
 
@@ -61,6 +67,23 @@ spec:
         limits:
           cpu: "2"
           memory: 2Gi
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: {TRITON_UID}          # the image's triton-server user (the image starts as root)
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop: ["ALL"]
+        seccompProfile:
+          type: RuntimeDefault
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp         # the root filesystem is read-only: scratch space only here
+    volumes:
+      - name: tmp
+        emptyDir:
+          medium: Memory
+          sizeLimit: 64Mi
 """
 
 
@@ -106,6 +129,11 @@ kubectl apply -f inference-service.yaml
 kubectl wait --for=condition=Ready inferenceservice/{isvc} --timeout=600s
 kubectl get inferenceservice {isvc}
 ```
+
+The serving container runs as the Triton image's unprivileged user (uid {TRITON_UID}), with no
+privilege escalation, no capabilities and a read-only root filesystem (`/tmp` is an in-memory
+volume): see `securityContext` in the manifest. A runtime image of your own that runs as another
+user needs its uid in `runAsUser`.
 
 ## 3. Call it through the ingress
 

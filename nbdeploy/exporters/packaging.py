@@ -3,6 +3,11 @@
 The pins are the versions installed here, closed over their own requirements for this Python and
 platform, so a fresh environment of the same Python minor version installs what was tested.
 
+With ``hashes=True`` each pin also carries the sha256 of the wheel pip picks for it on Linux
+(the Docker base image) on this machine's architecture, so ``pip install --require-hashes``
+installs exactly those files or nothing. The hashes are of the files on the package index: pip
+downloads them at export time (through the index and settings pip is configured with here).
+
 The wheel is made from the installed package's own files (its modules and its distribution's
 metadata), so it works alike for an editable install of a source tree and for an install from a
 wheel, and needs no build backend at export time.
@@ -14,15 +19,22 @@ import base64
 import hashlib
 import importlib.metadata as metadata
 import platform
+import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 from nbdeploy.errors import NbdeployError
 
 # What `nbdeploy serve` imports to start and to answer requests; their own requirements follow.
-SERVE_REQUIREMENTS = ("numpy", "onnx", "onnxruntime", "protobuf", "starlette", "uvicorn[standard]", "orjson")
+SERVE_REQUIREMENTS = ("numpy", "onnx", "onnxruntime", "protobuf", "starlette", "uvicorn[standard]", "orjson",
+                      "prometheus-client")
 WHEEL_TAG = "py3-none-any"
+# The oldest glibc of the Debian releases python:X.Y-slim images are built on (bookworm): wheels
+# for it or older install there.
+LINUX_PLATFORM = "manylinux_2_36_{arch}"
+DOWNLOAD_TIMEOUT = 900.0
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the same files make the same wheel
 
 
@@ -55,23 +67,73 @@ def pinned_requirements(roots: tuple[str, ...] = SERVE_REQUIREMENTS) -> list[str
     return [pins[k] for k in sorted(pins)]
 
 
-def requirements_text() -> str:
+def requirements_text(hashes: bool = False) -> str:
+    """requirements.txt of the serving dependencies; with ``hashes``, each pin with its wheel's sha256."""
     machine = f"Python {platform.python_version()} on {sys.platform} {platform.machine()}"
     header = [
         "# The serving dependencies of this bundle, pinned to the versions it was exported with",
         f"# ({machine}). Install them in a fresh virtual environment of the same Python minor",
         "# version, then the nbdeploy wheel with --no-deps (see README.md).",
     ]
-    return "\n".join([*header, *pinned_requirements()]) + "\n"
+    pins = pinned_requirements()
+    if not hashes:
+        return "\n".join([*header, *pins]) + "\n"
+    header += [f"# Hashes: the wheels for Linux {linux_arch()} ({LINUX_PLATFORM.format(arch=linux_arch())}); install",
+               "# with pip install --require-hashes --only-binary=:all: -r requirements.txt."]
+    return "\n".join([*header, *hashed_lines(pins, pinned_hashes(pins))]) + "\n"
+
+
+def hashed_lines(pins: list[str], hashes: dict[str, list[str]]) -> list[str]:
+    """``name==version \\`` followed by one ``--hash=sha256:...`` line per file, as pip reads them."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines: list[str] = []
+    for pin in pins:
+        digests = hashes.get(canonicalize_name(Requirement(pin).name))
+        if not digests:
+            raise NbdeployError(f"no wheel hash for {pin}: pip did not download it", 502)
+        lines.append(" \\\n".join([pin, *(f"    --hash=sha256:{d}" for d in sorted(digests))]))
+    return lines
+
+
+def linux_arch() -> str:
+    """This machine's architecture as Linux wheels name it (a Docker build here builds for it)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def pinned_hashes(pins: list[str]) -> dict[str, list[str]]:
+    """sha256 of the wheel pip picks for each of ``pins`` on Linux for this Python and architecture,
+    by canonical project name. pip downloads the wheels (``pip download``) into a temporary folder."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with tempfile.TemporaryDirectory(prefix="nbdeploy-hashes-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--platform", LINUX_PLATFORM.format(arch=linux_arch()), "--python-version", python,
+               "--implementation", "cp", "--dest", tmp, *pins]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NbdeployError(f"could not run pip to download the pinned wheels for their hashes: {exc}", 502) \
+                from None
+        if done.returncode != 0:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise NbdeployError(f"pip could not download the pinned wheels to hash them ({tail}); export "
+                                "without hashes, or where pip reaches the package index", 502)
+        hashes: dict[str, list[str]] = {}
+        for wheel in sorted(Path(tmp).glob("*.whl")):
+            name = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+            hashes.setdefault(name, []).append(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    return hashes
 
 
 def build_wheel(out_dir: Path) -> Path:
     """``nbdeploy-<version>-py3-none-any.whl`` of the installed package, written to ``out_dir``."""
-    import nbdeploy
-
     dist = metadata.distribution("nbdeploy")
     version = dist.version
-    package = Path(nbdeploy.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the nbdeploy package directory
     dist_info = f"nbdeploy-{version}.dist-info"
     files: list[tuple[str, bytes]] = []
     for path in sorted(package.rglob("*")):

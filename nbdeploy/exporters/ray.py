@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from nbdeploy.exporters import describe
-from nbdeploy.exporters.bundle import write_bundle
+from nbdeploy.exporters.bundle import HASHED, write_bundle
 from nbdeploy.serve.ray import APP_NAME, DEPLOYMENT_NAME, IMPORT_PATH, MAX_ONGOING_REQUESTS
 from nbdeploy.store import PRODUCTION, VersionRecord
 
@@ -72,15 +72,23 @@ applications:
 """
 
 
-def write_ray(record: VersionRecord, directory: Path) -> None:
-    write_bundle(record, directory)
+def write_ray(record: VersionRecord, directory: Path, *, hashes: bool = False) -> None:
+    """The bundle plus a Ray Serve config; ``hashes`` pins the serving dependencies to their wheels' sha256."""
+    write_bundle(record, directory, hashes=hashes)
     (directory / CONFIG).write_text(serve_config(record))
     (directory / "request.json").write_text(describe.request_json(record))
     readme = directory / "README.md"
-    readme.write_text(readme.read_text() + ray_readme(record))
+    readme.write_text(readme.read_text() + ray_readme(record, hashes))
 
 
-def ray_readme(record: VersionRecord) -> str:
+def install_lines(hashes: bool) -> str:
+    """Ray itself is not in requirements.txt: with hashes it installs in a command of its own."""
+    if hashes:
+        return f"pip install {HASHED}\n   pip install '{ray_requirement()}'"
+    return f"pip install -r requirements.txt '{ray_requirement()}'"
+
+
+def ray_readme(record: VersionRecord, hashes: bool = False) -> str:
     return f"""
 ## Ray Serve
 
@@ -92,7 +100,7 @@ Ray's HTTP proxy on port {PORT} of every node.
    version the pins were made for:
 
    ```bash
-   pip install -r requirements.txt '{ray_requirement()}'
+   {install_lines(hashes)}
    pip install --no-deps wheels/*.whl
    ```
 

@@ -1,23 +1,25 @@
 """The retrain loop: a fresh clone of the deployed pipeline, fitted on training data plus labelled
 production traffic, judged against the live model on recent labels it never trained on.
+
+:func:`retrain` registers the challenger as a new version and stops there; promoting and serving
+it is :func:`nbdeploy.api.retrain`'s part.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
-from nbdeploy import api
 from nbdeploy.errors import InvalidInput
 from nbdeploy.lifecycle.artifacts import TRAIN_FILE, load_estimator, read_rows, restore_dtypes
 from nbdeploy.lifecycle.gate import GateDecision
+from nbdeploy.lifecycle.registration import register
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store, VersionRecord
-from nbdeploy.store.log import LOG_FILE, connect
+from nbdeploy.store.reader import LogReader
 
 
 @dataclass
@@ -32,10 +34,13 @@ class RetrainResult:
     n_train: int
     n_feedback_train: int
     n_recent: int
+    reason: str = field(default="", repr=False)  # why it was not promoted
 
     def summary(self) -> str:
         verdict = self.decision.summary() if self.decision else "not judged (no recent labels)"
         action = "promoted to production" if self.promoted else "registered, not promoted"
+        if self.reason and not self.promoted:
+            action += f": {self.reason}"
         return (f"{self.name!r} v{self.version} ({action}); trained on {self.n_train} rows "
                 f"({self.n_feedback_train} from feedback), judged on {self.n_recent} recent labels: {verdict}")
 
@@ -46,36 +51,30 @@ class RetrainResult:
 
 def labelled_traffic(store: Store, name: str, signature: Signature) -> tuple[Any, np.ndarray, np.ndarray]:
     """Inputs, true labels and prediction times of every logged prediction of ``name`` with feedback."""
-    path = store.home / LOG_FILE
-    if not path.exists():
-        return _empty(signature), np.array([]), np.array([])
-    db = connect(path)
-    try:
-        rows = db.execute(
-            "SELECT p.inputs, f.label, p.ts FROM feedback f JOIN predictions p ON p.seq = f.pred_seq "
-            "WHERE f.model = ? AND p.status = 200 ORDER BY p.ts, p.seq", (name,)).fetchall()
-    finally:
-        db.close()
-    inputs = [orjson.loads(r[0]) for r in rows]
-    labels = np.asarray([r[1] for r in rows])
-    times = np.asarray([r[2] for r in rows], dtype=float)
+    with LogReader(store.home) as reader:
+        rows = reader.labelled_traffic(name)
+    labels = np.asarray([r.label for r in rows])
+    times = np.asarray([r.ts for r in rows], dtype=float)
+    if not rows:
+        return _empty(signature), labels, times
+    # Through the signature, as the served model saw them: the training frame's dtypes, missing text as
+    # missing (not the wire's sentinel), categories as categories; a refit then sees what ONNX sees.
     if not signature.frame:
-        return np.asarray(inputs, dtype=float).reshape(len(inputs), -1), labels, times
-    import pandas as pd
-
-    return pd.DataFrame.from_records(inputs, columns=signature.names), labels, times
+        values = np.asarray([list(r.inputs.values()) for r in rows], dtype=object).reshape(len(rows), -1)
+        return signature.decode(signature.encode(values)), labels, times
+    return signature.as_served([r.inputs for r in rows]), labels, times
 
 
 def retrain(name: str, *, data: tuple[Any, Any] | None = None, with_feedback: bool = False,
-            promote: bool = False, recent: float = 0.3, min_score: float | None = None,
-            tolerance: float = 0.0, home: str | None = None) -> RetrainResult:
+            recent: float = 0.3, min_score: float | None = None, tolerance: float = 0.0,
+            home: str | None = None) -> RetrainResult:
     """Fit a fresh clone of ``name``'s production pipeline and register it as a new version.
 
     Training data: ``data=(X, y)``, else the rows the production version was trained on. The
     most recent ``recent`` share of labelled production traffic is kept apart to judge
     challenger against champion; with ``with_feedback`` the older labelled traffic joins the
-    training data. The new version is promoted
-    only when ``promote`` is set and the gate passes; the endpoint then swaps with no downtime.
+    training data. Nothing is promoted here (``result.reason`` says what promoting needs):
+    :func:`nbdeploy.retrain` promotes when asked and the gate passed.
     """
     from sklearn.base import clone
 
@@ -103,13 +102,17 @@ def retrain(name: str, *, data: tuple[Any, Any] | None = None, with_feedback: bo
     challenger = clone(load_estimator(record)).fit(X_train, _labels_like(y_train, record))
     sample = X_train[:200] if not hasattr(X_train, "iloc") else X_train.iloc[:200]
     test = (X_recent, _labels_like(y_recent, record)) if len(y_recent) else None
-    candidate = api.register(challenger, sample, name, test=test, store=store, min_score=min_score,
-                             tolerance=tolerance, train_data=(X_train, y_train))
-    promoted = bool(promote and not candidate.refused and (candidate.decision is None or candidate.decision.passed))
-    if promoted:
-        api.promote(name, candidate.version, force=True, home=str(store.home))  # judged just above
-    return RetrainResult(name, candidate.version, champion_version, candidate.decision, promoted,
-                         len(y_train), cut if with_feedback else 0, len(y_recent))
+    candidate = register(challenger, sample, name, test=test, store=store, min_score=min_score,
+                         tolerance=tolerance, train_data=(X_train, y_train))
+    if candidate.decision is None:
+        reason = (f"no recent labelled traffic to judge it on; send feedback and retrain, or promote it "
+                  f"yourself (promote({name!r}, {candidate.version}))")
+    elif not candidate.decision.passed:
+        reason = "the gate refused it"
+    else:
+        reason = "not asked to (promote=True, --promote)"
+    return RetrainResult(name, candidate.version, champion_version, candidate.decision, False,
+                         len(y_train), cut if with_feedback else 0, len(y_recent), reason=reason)
 
 
 def _empty(signature: Signature) -> Any:

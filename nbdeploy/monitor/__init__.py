@@ -1,24 +1,14 @@
-"""Monitoring as pure functions: reference profiles, drift, quality windows and alert levels.
+"""Monitoring as pure functions: reference profiles, drift, quality and alert levels.
 
-No storage, HTTP or widgets here: the monitor widget and the server's ``/metrics`` call these
-over rows read from the store.
+No SQL, HTTP or widgets here (and no scikit-learn: the server imports the monitor for its
+``/metrics`` gauges): :class:`nbdeploy.monitor.live.Monitor` applies these to what
+:class:`nbdeploy.store.reader.LogReader` reads from the prediction log.
 """
 
 from nbdeploy.monitor.alerts import AlertStatus, AlertThresholds, evaluate_alerts
-from nbdeploy.monitor.drift import (
-    DriftReport,
-    DriftThresholds,
-    FeatureDrift,
-    feature_drift,
-    prediction_drift,
-)
-from nbdeploy.monitor.profile import prediction_profile, reference_profile
-from nbdeploy.monitor.quality import (
-    classification_quality,
-    label_delay,
-    regression_quality,
-    windowed_quality,
-)
+from nbdeploy.monitor.drift import DriftReport, DriftThresholds, FeatureDrift, feature_drift
+from nbdeploy.monitor.profile import reference_profile
+from nbdeploy.monitor.quality import classification_quality, label_delay, regression_quality
 
 __all__ = [
     "AlertStatus",
@@ -30,9 +20,6 @@ __all__ = [
     "evaluate_alerts",
     "feature_drift",
     "label_delay",
-    "prediction_drift",
-    "prediction_profile",
     "reference_profile",
     "regression_quality",
-    "windowed_quality",
 ]

@@ -30,7 +30,6 @@ Evidently does) so empty bins give a large but finite contribution.
 
 from __future__ import annotations
 
-import html
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,14 +39,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from nbdeploy.display.drift import drift_report_html
 from nbdeploy.errors import InvalidInput
 from nbdeploy.monitor.profile import (
     OTHER,
-    PREDICTION,
     as_frame,
     category_keys,
     numeric_values,
-    one_dimensional,
 )
 
 LEVELS = ("OK", "WARN", "ALERT")
@@ -129,41 +127,8 @@ class DriftReport:
             "features": [r.to_dict() for r in self.rows],
         }
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per feature; ``reasons`` joined with "; "."""
-        records = [r.to_dict() | {"reasons": "; ".join(r.reasons)} for r in self.rows]
-        columns = list(FeatureDrift.__dataclass_fields__)
-        frame = pd.DataFrame.from_records(records, columns=columns)
-        return frame.astype({"out_of_range_count": "Int64", "unseen_count": "Int64"})
-
     def _repr_html_(self) -> str:
-        colours = {"OK": "#1a7f37", "WARN": "#9a6700", "ALERT": "#cf222e"}
-        head = (
-            "<tr><th>feature</th><th>kind</th><th>PSI</th><th>test p</th>"
-            "<th>missing ref→cur</th><th>out of range / unseen</th><th>status</th>"
-            "<th>reasons</th></tr>"
-        )
-        body = []
-        for r in self.rows:
-            flagged = r.out_of_range_rate if r.kind == "numeric" else r.unseen_rate
-            body.append(
-                f"<tr><td>{html.escape(r.feature)}</td><td>{r.kind}</td><td>{_fmt(r.psi)}</td>"
-                f"<td>{r.test or ''} {_fmt(r.p_value)}</td>"
-                f"<td>{_pct(r.missing_rate_ref)} → {_pct(r.missing_rate_cur)}</td>"
-                f"<td>{_pct(flagged)}</td>"
-                f"<td style='color:{colours[r.status]};font-weight:bold'>{r.status}</td>"
-                f"<td>{html.escape('; '.join(r.reasons))}</td></tr>"
-            )
-        title = (
-            f"<b>Drift: <span style='color:{colours[self.overall]}'>{self.overall}</span></b>"
-            f" — {len(self.drifted_features)} of {len(self.rows)} features flagged, "
-            f"n={self.n}"
-        )
-        return f"<div>{title}<table>{head}{''.join(body)}</table></div>"
-
-
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3g}"
+        return drift_report_html(self.to_dict())
 
 
 def _pct(x: float | None) -> str:
@@ -298,15 +263,6 @@ def _judge(row: FeatureDrift, ref: dict, checks: _Checks, th: DriftThresholds) -
     row.status = worst(*levels)
 
 
-def drift_column(name: str, ref: dict, series: pd.Series, thresholds: DriftThresholds | None = None) -> FeatureDrift:
-    """Compare one current column with its reference column profile."""
-    th = thresholds or DriftThresholds()
-    row, checks = _measure(name, ref, series, th)
-    _adjust([checks])
-    _judge(row, ref, checks, th)
-    return row
-
-
 def feature_drift(profile: dict, X_current: Any, thresholds: DriftThresholds | None = None) -> DriftReport:
     """Drift of every profiled feature in ``X_current`` (DataFrame, records or 2-D array).
 
@@ -324,11 +280,3 @@ def feature_drift(profile: dict, X_current: Any, thresholds: DriftThresholds | N
     for row, checks in measured:
         _judge(row, profile["columns"][row.feature], checks, th)
     return DriftReport(rows=[row for row, _ in measured], n=len(frame), thresholds=th)
-
-
-def prediction_drift(
-    pred_profile: dict, y_pred_current: Any, thresholds: DriftThresholds | None = None
-) -> FeatureDrift:
-    """Drift of model outputs against a :func:`prediction_profile`."""
-    series = pd.Series(one_dimensional(y_pred_current))
-    return drift_column(PREDICTION, pred_profile["columns"][PREDICTION], series, thresholds)

@@ -14,7 +14,6 @@ checks cover ``version`` (default: the store's ``production`` version), judged a
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -22,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from nbdeploy.monitor.alerts import AlertThresholds, evaluate_alerts
 from nbdeploy.monitor.drift import DriftThresholds, feature_drift
 from nbdeploy.monitor.quality import classification_quality, label_delay, regression_quality
-from nbdeploy.store.log import BUCKET_SECONDS, LATENCY_EDGES_MS, LOG_FILE, N_LATENCY, label_key
+from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS
+from nbdeploy.store.labels import label_key, label_keys
+from nbdeploy.store.reader import LabelledPredictions, LogReader, Rollups
 
 NICE_WIDTHS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
-_COLS = "version, bucket, requests, rows, errors, server_errors, dropped, latency_sum, labelled, correct, " \
-        "err_n, abs_err, sq_err, latency"
 
 
 def percentile_ms(hist: np.ndarray, q: float) -> float | None:
@@ -66,7 +64,8 @@ class Monitor:
                  history_seconds: float = 86_400.0, count_window: int = 500, count_windows: int = 10,
                  drift_sample: int = 2_000, chart_points: int = 60,
                  on_alert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> None:
-        self.path = Path(home) / LOG_FILE
+        self.log = LogReader(home)
+        self.path = self.log.path
         self.model, self.store, self.on_alert = model, store, on_alert
         self._given = {"version": version, "task": task, "baseline": baseline, "profile": profile, "classes": classes}
         self.thresholds, self.drift_thresholds = thresholds, drift_thresholds
@@ -74,7 +73,6 @@ class Monitor:
         self.count_window, self.count_windows = count_window, count_windows
         self.drift_sample, self.chart_points = drift_sample, chart_points
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
         self._meta: dict[int, dict] = {}
         self._drift_key: tuple | None = None
         self._drift: Any = None
@@ -83,13 +81,12 @@ class Monitor:
         self.level: str | None = None
 
     # -- context ---------------------------------------------------------------------------
-    def _context(self, db: sqlite3.Connection | None) -> dict[str, Any]:
+    def _context(self) -> dict[str, Any]:
         ctx = dict(self._given)
         if ctx["version"] is None and self.store is not None:
             ctx["version"] = self.store.aliases(self.model).get("production")
-        if ctx["version"] is None and db is not None:
-            row = db.execute("SELECT MAX(version) FROM rollup WHERE model = ?", (self.model,)).fetchone()
-            ctx["version"] = row[0]
+        if ctx["version"] is None:
+            ctx["version"] = self.log.latest_version(self.model)
         version = ctx["version"]
         if self.store is not None and version is not None:
             if version not in self._meta:
@@ -101,17 +98,9 @@ class Monitor:
                 ctx[key] = value if ctx[key] is None else ctx[key]
         return ctx
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and self.path.exists():
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA query_only=1")
-        return self._db
-
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self.log.close()
 
     # -- the snapshot ----------------------------------------------------------------------
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
@@ -134,26 +123,22 @@ class Monitor:
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         notes: list[str] = []
-        db = self._connect()
-        ctx = self._context(db)
-        rollups = np.zeros((0, 13)), np.zeros((0, N_LATENCY), np.int64)
-        labelled: list[tuple[Any, ...]] = []
-        drift, inputs, shadow = None, {}, None
-        if db is None:
-            notes.append("nothing logged yet")
-        else:
-            db.execute("BEGIN")  # one consistent read across the queries
-            try:
-                rollups = self._rollups(db, now)
-                labelled = self._labelled(db, ctx)
-                drift = self._drift_report(db, ctx, notes)
-                inputs = self._inputs(db, ctx, now)
-                shadow = self._shadow(db)
-            finally:
-                db.execute("COMMIT")
+        since = int((now - self.history_seconds) // BUCKET_SECONDS)
+        with self.log.consistent():  # one state of the log across the queries
+            ctx = self._context()
+            logged = self.log.exists()
+            if not logged:
+                notes.append("nothing logged yet")
+            notes += [detail for _, detail in self.log.incidents(now - self.history_seconds)]  # e.g. a file set aside
+            rollups = self.log.rollups(self.model, since)
+            labelled = self.log.labelled(self.model, ctx["version"], self.count_window * self.count_windows)
+            drift = self._drift_report(ctx, notes) if logged else None
+            inputs = {feature: {"n": n, "missing": m, "out_of_range": o, "unseen": u, "rate": _ratio(o + u, n - m)}
+                      for feature, (n, m, o, u) in self.log.input_counts(self.model, ctx["version"], since).items()}
+            shadow = self._shadow()
         snap: dict[str, Any] = {"model": self.model, "version": ctx["version"], "task": ctx["task"], "at": now,
                                 "recent_seconds": self.recent_seconds}
-        snap.update(self._traffic(*rollups, ctx, now))
+        snap.update(self._traffic(rollups, ctx, now))
         snap["quality"], snap["labels"]["delay"] = self._quality(labelled, ctx)
         snap["task"] = snap["task"] or snap["quality"]["task"]
         snap["drift"], snap["inputs"], snap["notes"], snap["shadow"] = drift, inputs, notes, shadow
@@ -164,117 +149,104 @@ class Monitor:
         snap["alert"] = status.to_dict()
         return _plain(snap)
 
-    def _shadow(self, db: sqlite3.Connection) -> dict[str, Any] | None:
-        """How often the shadow version's answers (``<model>@shadow``) agree with production's."""
-        rows = db.execute(
-            "SELECT s.version, s.label, p.label, s.status FROM predictions s JOIN predictions p "
-            "ON p.id = substr(s.id, 8) WHERE s.model = ? ORDER BY s.seq DESC LIMIT ?",
-            (f"{self.model}@shadow", self.drift_sample)).fetchall()
-        if not rows:
+    def _shadow(self) -> dict[str, Any] | None:
+        """How often the shadow version's answers agree with production's (its latest version only)."""
+        answers = self.log.shadow_answers(self.model, self.drift_sample)
+        if not answers:
             return None
-        version = rows[0][0]
-        rows = [r for r in rows if r[0] == version]
-        answered = [r for r in rows if r[3] == 200]
-        same = sum(label_key(r[1]) == label_key(r[2]) for r in answered)
-        return {"version": version, "n": len(rows), "errors": len(rows) - len(answered),
+        version = answers[0].version
+        answers = [a for a in answers if a.version == version]
+        answered = [a for a in answers if a.status == 200]
+        same = sum(label_key(a.label) == label_key(a.production_label) for a in answered)
+        return {"version": version, "n": len(answers), "errors": len(answers) - len(answered),
                 "agreement": same / len(answered) if answered else None}
 
-    def _rollups(self, db: sqlite3.Connection, now: float) -> tuple[np.ndarray, np.ndarray]:
-        first = int((now - self.history_seconds) // BUCKET_SECONDS)
-        rows = db.execute(f"SELECT {_COLS} FROM rollup WHERE model = ? AND bucket >= ? ORDER BY bucket",
-                          (self.model, first)).fetchall()
-        values = np.array([r[:13] for r in rows], dtype=float).reshape(-1, 13)
-        empty = bytes(8 * N_LATENCY)
-        hist = np.frombuffer(b"".join(r[13] or empty for r in rows), np.int64).reshape(-1, N_LATENCY)
-        return values, hist
-
-    def _traffic(self, v: np.ndarray, hist: np.ndarray, ctx: dict, now: float) -> dict[str, Any]:
-        recent = v[:, 1] >= (now - self.recent_seconds) // BUCKET_SECONDS
-        r = v[recent]
-        span = min(self.recent_seconds, now - r[0, 1] * BUCKET_SECONDS) if len(r) else self.recent_seconds
-        requests, errors = r[:, 2].sum(), r[:, 4].sum()
-        h = hist[recent].sum(axis=0)
+    def _traffic(self, rollups: Rollups, ctx: dict, now: float) -> dict[str, Any]:
+        r = rollups.where(rollups.bucket >= (now - self.recent_seconds) // BUCKET_SECONDS)  # the recent buckets
+        span = min(self.recent_seconds, now - r.bucket[0] * BUCKET_SECONDS) if len(r) else self.recent_seconds
+        requests, errors = r.requests.sum(), r.errors.sum()
+        h = r.latency.sum(axis=0)
         traffic = {
-            "requests": int(v[:, 2].sum()), "rows": int(v[:, 3].sum()), "errors": int(v[:, 4].sum()),
-            "dropped": int(v[:, 6].sum()), "recent_requests": int(requests),
-            "request_rate": (requests + r[:, 6].sum()) / max(span, 1.0) if len(r) else 0.0,
-            "error_rate": _ratio(errors, requests), "server_errors": int(r[:, 5].sum()),
-            "mean_ms": _ratio(r[:, 7].sum(), requests), "p50_ms": percentile_ms(h, 0.5),
+            "requests": int(rollups.requests.sum()), "rows": int(rollups.rows.sum()),
+            "errors": int(rollups.errors.sum()), "dropped": int(rollups.dropped.sum()),
+            "recent_requests": int(requests),
+            "request_rate": (requests + r.dropped.sum()) / max(span, 1.0) if len(r) else 0.0,
+            "error_rate": _ratio(errors, requests), "server_errors": int(r.server_errors.sum()),
+            "mean_ms": _ratio(r.latency_sum.sum(), requests), "p50_ms": percentile_ms(h, 0.5),
             "p99_ms": percentile_ms(h, 0.99)}
-        mine = v[v[:, 0] == (ctx["version"] if ctx["version"] is not None else -1)]
-        labels = {"labelled": int(mine[:, 8].sum()), "coverage": _ratio(mine[:, 8].sum(), mine[:, 3].sum())}
-        return {"traffic": traffic, "labels": labels, "series": self._series(v, hist, ctx, now)}
+        mine = rollups.where(rollups.version == _version(ctx))
+        labels = {"labelled": int(mine.labelled.sum()), "coverage": _ratio(mine.labelled.sum(), mine.rows.sum())}
+        return {"traffic": traffic, "labels": labels, "series": self._series(rollups, ctx, now)}
 
-    def _series(self, v: np.ndarray, hist: np.ndarray, ctx: dict, now: float) -> dict[str, Any]:
-        if not len(v):
+    def _series(self, r: Rollups, ctx: dict, now: float) -> dict[str, Any]:
+        """Traffic (every version) and quality (``version``) per chart interval: a nice width giving at most
+        ``chart_points`` intervals from the first bucket to ``now``."""
+        if not len(r):
             return {"width": BUCKET_SECONDS, "t": []}
-        start = v[0, 1] * BUCKET_SECONDS
+        start = r.bucket[0] * BUCKET_SECONDS
         width = next((w for w in NICE_WIDTHS if (now - start) / w <= self.chart_points), NICE_WIDTHS[-1])
         first = int(start // width)
-        index = (v[:, 1] * BUCKET_SECONDS // width).astype(int) - first
+        index = (r.bucket * BUCKET_SECONDS // width).astype(int) - first
         n = int(max(index.max(), (now // width) - first)) + 1
-        sums = np.zeros((n, 13))
-        np.add.at(sums, index, v)
-        mine = v[:, 0] == (ctx["version"] if ctx["version"] is not None else -1)
-        q = np.zeros((n, 13))
-        np.add.at(q, index[mine], v[mine])
-        h = np.zeros((n, N_LATENCY), np.int64)
-        np.add.at(h, index, hist)
+        mine = r.version == _version(ctx)
+
+        def total(values: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+            return np.bincount(index[rows], weights=values[rows], minlength=n)
+
+        requests, errors, dropped = total(r.requests), total(r.errors), total(r.dropped)
+        labelled, correct = total(r.labelled, mine), total(r.correct, mine)
+        err_n, abs_err, sq_err = total(r.err_n, mine), total(r.abs_err, mine), total(r.sq_err, mine)
+        h = np.zeros((n, r.latency.shape[1]), np.int64)
+        np.add.at(h, index, r.latency)
         t = (np.arange(n) + first) * width
         elapsed = np.clip(now - t, 1.0, width)
-        series: dict[str, Any] = {
-            "width": width, "t": t.tolist(), "requests": sums[:, 2].astype(int).tolist(),
-            "rate": ((sums[:, 2] + sums[:, 6]) / elapsed).tolist(), "dropped": sums[:, 6].astype(int).tolist(),
-            "error_rate": [_ratio(e, r) for e, r in zip(sums[:, 4], sums[:, 2], strict=True)],
+        return {
+            "width": width, "t": t.tolist(), "requests": requests.astype(int).tolist(),
+            "rate": ((requests + dropped) / elapsed).tolist(), "dropped": dropped.astype(int).tolist(),
+            "error_rate": [_ratio(e, q) for e, q in zip(errors, requests, strict=True)],
             "p50_ms": [percentile_ms(row, 0.5) for row in h], "p99_ms": [percentile_ms(row, 0.99) for row in h],
-            "labelled": q[:, 8].astype(int).tolist(),
-            "accuracy": [_ratio(c, n_) for c, n_ in zip(q[:, 9], q[:, 8], strict=True)],
-            "mae": [_ratio(a, n_) for a, n_ in zip(q[:, 11], q[:, 10], strict=True)],
-            "rmse": [math.sqrt(s / n_) if n_ else None for s, n_ in zip(q[:, 12], q[:, 10], strict=True)]}
-        return series
+            "labelled": labelled.astype(int).tolist(),
+            "accuracy": [_ratio(c, k) for c, k in zip(correct, labelled, strict=True)],
+            "mae": [_ratio(a, k) for a, k in zip(abs_err, err_n, strict=True)],
+            "rmse": [math.sqrt(s / k) if k else None for s, k in zip(sq_err, err_n, strict=True)]}
 
-    def _labelled(self, db: sqlite3.Connection, ctx: dict) -> list[tuple[Any, ...]]:
-        """(prediction time, feedback time, label, predicted, proba) of the last labelled predictions."""
-        return db.execute(
-            "SELECT f.pred_ts, f.ts, f.label, p.label, p.proba FROM feedback f JOIN predictions p "
-            "ON p.seq = f.pred_seq WHERE f.model = ? AND f.version = ? ORDER BY f.pred_seq DESC LIMIT ?",
-            (self.model, ctx["version"], self.count_window * self.count_windows)).fetchall()[::-1]
-
-    def _quality(self, rows: list[tuple[Any, ...]], ctx: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _quality(self, rows: LabelledPredictions, ctx: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         """Quality of the last ``count_window`` labels, per count window, and the label delay (cached)."""
-        key = (ctx["version"], ctx["task"], str(ctx["baseline"]), hash(tuple(rows)))
+        key = (ctx["version"], ctx["task"], str(ctx["baseline"]), hash(rows))
         if key != self._quality_key:
             self._quality_cache, self._quality_key = self._compute_quality(rows, ctx), key
         quality, delay = self._quality_cache
         return {**quality, "by_count": list(quality["by_count"])}, dict(delay)
 
-    def _compute_quality(self, rows: list[tuple[Any, ...]], ctx: dict) -> tuple[dict[str, Any], dict[str, Any]]:
-        task = ctx["task"] or _guess_task([r[3] for r in rows])
-        delay = label_delay([r[0] for r in rows], [r[1] for r in rows])
+    def _compute_quality(self, rows: LabelledPredictions, ctx: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+        task = ctx["task"] or _guess_task(rows.predicted)
+        delay = label_delay(rows.pred_ts, rows.feedback_ts)
         quality: dict[str, Any] = {"baseline": ctx["baseline"], "current": None, "by_count": [], "task": task}
         w = self.count_window
         if task == "classification":
-            rows = [r for r in rows if label_key(r[2]) is not None and label_key(r[3]) is not None]
-            y_true = np.array([label_key(r[2]) for r in rows], dtype=object)
-            y_pred = np.array([label_key(r[3]) for r in rows], dtype=object)
+            true, pred = label_keys(rows.label), label_keys(rows.predicted)
+            kept = [i for i, (t, p) in enumerate(zip(true, pred, strict=True)) if t is not None and p is not None]
+            y_true = np.array([true[i] for i in kept], dtype=object)
+            y_pred = np.array([pred[i] for i in kept], dtype=object)
             scores = {"accuracy": (y_true == y_pred).astype(float)}
         else:
-            rows = [r for r in rows if _number(r[2]) and _number(r[3])]
-            y_true = np.array([float(r[2]) for r in rows])
-            y_pred = np.array([float(r[3]) for r in rows])
+            kept = [i for i, (t, p) in enumerate(zip(rows.label, rows.predicted, strict=True))
+                    if _number(t) and _number(p)]
+            y_true = np.array([float(rows.label[i]) for i in kept])
+            y_pred = np.array([float(rows.predicted[i]) for i in kept])
             scores = {"abs": np.abs(y_pred - y_true), "sq": (y_pred - y_true) ** 2}
-        if not rows:
+        if not kept:
             return quality, delay
         if task == "classification":
-            proba = [orjson.loads(r[4]) if r[4] is not None else None for r in rows[-w:]]
+            proba = rows.probabilities(kept[-w:])
             same = all(p is not None for p in proba) and len({len(p) for p in proba}) == 1
             classes = [label_key(c) for c in ctx["classes"]] if ctx["classes"] else None
             quality["current"] = classification_quality(y_true[-w:], y_pred[-w:], np.array(proba) if same else None,
                                                         classes)
         else:
             quality["current"] = regression_quality(y_true[-w:], y_pred[-w:])
-        ts = np.array([r[0] for r in rows])
-        for start in range(len(rows) % w if len(rows) >= w else 0, len(rows), w):
+        ts = np.array([rows.pred_ts[i] for i in kept])
+        for start in range(len(kept) % w if len(kept) >= w else 0, len(kept), w):
             part = slice(start, start + w)
             window = {"window_start": float(ts[part][0]), "window_end": float(ts[part][-1]), "n": len(ts[part])}
             if task == "classification":
@@ -285,31 +257,22 @@ class Monitor:
             quality["by_count"].append(window)
         return quality, delay
 
-    def _drift_report(self, db: sqlite3.Connection, ctx: dict, notes: list[str]) -> dict[str, Any] | None:
+    def _drift_report(self, ctx: dict, notes: list[str]) -> dict[str, Any] | None:
+        """Drift of the last ``drift_sample`` inputs, recomputed only when newer predictions arrived."""
         if not ctx["profile"]:
             notes.append(f"no reference profile for version {ctx['version']}: drift not computed")
             return None
-        rows = db.execute("SELECT seq, inputs FROM predictions WHERE model = ? AND version = ? AND status = 200 "
-                          "ORDER BY seq DESC LIMIT ?", (self.model, ctx["version"], self.drift_sample)).fetchall()
-        key = (ctx["version"], rows[0][0] if rows else None, len(rows))
+        key = (ctx["version"], self.log.latest_prediction(self.model, ctx["version"]))
         if key != self._drift_key:
-            names_row = db.execute("SELECT names FROM columns WHERE model = ? AND version = ?",
-                                   (self.model, ctx["version"])).fetchone()
-            names = orjson.loads(names_row[0]) if names_row else []
-            values = orjson.loads(b"[" + b",".join(r[1] for r in rows if r[1]) + b"]")
-            records = [dict(zip(names, x, strict=False)) if isinstance(x, list) else x for x in values]
-            frame = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=names)
+            records = self.log.recent_inputs(self.model, ctx["version"], self.drift_sample)
+            frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
             self._drift, self._drift_key = feature_drift(ctx["profile"], frame, self.drift_thresholds), key
         return self._drift.to_dict()
 
-    def _inputs(self, db: sqlite3.Connection, ctx: dict, now: float) -> dict[str, dict[str, Any]]:
-        """Per feature, over ``history_seconds``: values seen, missing, out of training range, unseen."""
-        first = int((now - self.history_seconds) // BUCKET_SECONDS)
-        rows = db.execute("SELECT feature, SUM(n), SUM(missing), SUM(out_of_range), SUM(unseen) FROM feature_rollup "
-                          "WHERE model = ? AND version = ? AND bucket >= ? GROUP BY feature",
-                          (self.model, ctx["version"], first)).fetchall()
-        return {f: {"n": n, "missing": m, "out_of_range": o, "unseen": u, "rate": _ratio(o + u, n - m)}
-                for f, n, m, o, u in rows}
+
+def _version(ctx: dict) -> int:
+    """The monitored version, or -1 (no version) so that comparisons select nothing."""
+    return ctx["version"] if ctx["version"] is not None else -1
 
 
 def _plain(value: Any) -> Any:
@@ -329,6 +292,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _guess_task(predicted: list[Any]) -> str:
+def _guess_task(predicted: tuple[Any, ...]) -> str:
     """Without the store's word: float predictions are a regressor's, ints and strings a classifier's."""
     return "regression" if predicted and all(isinstance(p, float) for p in predicted) else "classification"

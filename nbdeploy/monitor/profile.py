@@ -35,7 +35,6 @@ from nbdeploy.errors import InvalidInput
 from nbdeploy.store.labels import label_key
 
 OTHER = "__other__"
-PREDICTION = "prediction"
 PROFILE_VERSION = 1
 
 
@@ -216,35 +215,4 @@ def reference_profile(
         "features": list(frame.columns),
         "params": params,
         "columns": columns,
-    }
-
-
-def prediction_profile(
-    y_pred: Any,
-    *,
-    kind: str | None = None,
-    bins: int = 10,
-    max_categories: int = 50,
-    sample_size: int = 5000,
-    seed: int = 0,
-) -> dict:
-    """Profile model outputs, in the same format, as a single feature named ``"prediction"``.
-
-    Float outputs (regression) are numeric; labels (int, str, bool) are categorical.
-    Pass ``kind`` to override, e.g. ``kind="categorical"`` for float-coded labels.
-    """
-    _check_params(bins, max_categories, sample_size)
-    series = pd.Series(one_dimensional(y_pred))
-    if kind is None:
-        kind = "numeric" if pd.api.types.is_float_dtype(series.dtype) else "categorical"
-    column = profile_column(
-        series, bins=bins, max_categories=max_categories, sample_size=sample_size, seed=seed, kind=kind
-    )
-    params = {"bins": bins, "max_categories": max_categories, "sample_size": sample_size, "seed": seed}
-    return {
-        "version": PROFILE_VERSION,
-        "n_rows": len(series),
-        "features": [PREDICTION],
-        "params": params,
-        "columns": {PREDICTION: column},
     }

@@ -1,23 +1,20 @@
 """Model quality from logged predictions and feedback labels.
 
-Every metric is a plain ``float`` or ``None`` when it is undefined (no rows, one class, a
-single regression row): never NaN, never an exception, so a monitor can chart windows that
-have no labels yet.
+Every metric is a plain ``float``, or ``None`` when it is undefined (no rows, one class, a
+single regression row), never NaN and never an exception, so a monitor can show windows that
+have no labels yet. Input that cannot be judged (lengths that differ, non-finite regression
+values) raises ``InvalidInput``. The arithmetic is in :mod:`nbdeploy.monitor.metrics`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics
-from sklearn.preprocessing import label_binarize
 
 from nbdeploy.errors import InvalidInput
-
-CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "roc_auc")
-REGRESSION_METRICS = ("mae", "rmse", "r2")
+from nbdeploy.monitor import metrics
 
 
 def _labels(values: Any) -> np.ndarray:
@@ -69,10 +66,9 @@ def _roc_auc(y_true: np.ndarray, proba: Any, classes: Any) -> float | None:
     if present.sum() < 2:
         return None
     if len(classes) == 2:
-        return float(metrics.roc_auc_score(y_true == classes[1], scores[:, 1]))
-    # One-vs-rest macro over present classes (sklearn's "ovr" needs every class present).
-    indicator = label_binarize(y_true, classes=classes)
-    return float(metrics.roc_auc_score(indicator[:, present], scores[:, present], average="macro"))
+        return metrics.binary_roc_auc(y_true == classes[1], scores[:, 1])
+    # One-vs-rest macro over the present classes: a class absent from the window has no positives.
+    return float(np.mean([metrics.binary_roc_auc(y_true == classes[j], scores[:, j]) for j in np.flatnonzero(present)]))
 
 
 def classification_quality(y_true: Any, y_pred: Any, proba: Any = None, classes: Any = None) -> dict[str, Any]:
@@ -86,8 +82,8 @@ def classification_quality(y_true: Any, y_pred: Any, proba: Any = None, classes:
     out: dict[str, Any] = {"n": len(t), "accuracy": None, "f1_macro": None, "roc_auc": None}
     if len(t) == 0:
         return out
-    out["accuracy"] = float(metrics.accuracy_score(t, p))
-    out["f1_macro"] = float(metrics.f1_score(t, p, average="macro", zero_division=0))
+    out["accuracy"] = metrics.accuracy(t, p)
+    out["f1_macro"] = metrics.f1_macro(t, p)
     if proba is not None:
         out["roc_auc"] = _roc_auc(t, proba, classes)
     return out
@@ -102,93 +98,13 @@ def regression_quality(y_true: Any, y_pred: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(t), "mae": None, "rmse": None, "r2": None}
     if len(t) == 0:
         return out
-    out["mae"] = float(metrics.mean_absolute_error(t, p))
-    out["rmse"] = float(metrics.root_mean_squared_error(t, p))
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(p))):
+        raise InvalidInput("regression labels and predictions must be finite numbers")
+    out["mae"] = metrics.mean_absolute_error(t, p)
+    out["rmse"] = metrics.root_mean_squared_error(t, p)
     if len(t) >= 2:
-        out["r2"] = float(metrics.r2_score(t, p))
+        out["r2"] = metrics.r2(t, p)
     return out
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
-
-
-def _window_quality(rows: pd.DataFrame, task: str, classes: Any) -> dict[str, Any]:
-    mask = np.array([not _is_missing(v) for v in rows["y_true"].tolist()], dtype=bool)
-    labelled = rows.loc[mask]
-    y_true = np.array(labelled["y_true"].tolist())
-    y_pred = np.array(labelled["y_pred"].tolist())
-    if task == "regression":
-        return regression_quality(y_true, y_pred)
-    proba = None
-    if "proba" in labelled.columns and len(labelled):
-        values = labelled["proba"].tolist()
-        if not any(v is None or np.ndim(v) == 0 for v in values):
-            proba = np.array([np.asarray(v, dtype=float) for v in values])
-    return classification_quality(y_true, y_pred, proba=proba, classes=classes)
-
-
-def windowed_quality(
-    records: pd.DataFrame,
-    task: Literal["classification", "regression"],
-    *,
-    by: Literal["time", "count"] = "time",
-    window: float,
-    classes: Any = None,
-) -> pd.DataFrame:
-    """Quality per window of logged predictions, oldest first.
-
-    ``records`` has columns ``ts`` (epoch seconds), ``y_true`` (None/NaN when no feedback yet),
-    ``y_pred`` and optionally ``proba`` (one list per row). ``by="time"``: windows of ``window``
-    seconds aligned to multiples of ``window`` since the epoch, including empty ones between the
-    first and last record; ``by="count"``: consecutive chunks of ``window`` predictions.
-    Columns: ``window_start``, ``window_end``, ``n`` (predictions), ``n_labelled`` and the
-    task's metrics (None where a window has no labels).
-    """
-    if task not in ("classification", "regression"):
-        raise InvalidInput(f"task must be 'classification' or 'regression', not {task!r}")
-    names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-    columns = ["window_start", "window_end", "n", "n_labelled", *names]
-    missing = {"ts", "y_true", "y_pred"} - set(records.columns)
-    if missing:
-        raise InvalidInput(f"records need columns ts, y_true, y_pred; missing {sorted(missing)}")
-    if not window or window <= 0:
-        raise InvalidInput("window must be positive")
-    frame = records.assign(ts=pd.to_numeric(records["ts"])).sort_values("ts", kind="stable")
-    frame = frame.reset_index(drop=True)
-    windows: list[tuple[float, float, pd.DataFrame]] = []
-    if by == "time":
-        if len(frame):
-            index = np.floor(frame["ts"].to_numpy(dtype=float) / window).astype(np.int64)
-            groups = dict(tuple(frame.groupby(index, sort=True)))
-            for i in range(int(index.min()), int(index.max()) + 1):
-                rows = groups.get(i, frame.iloc[0:0])
-                windows.append((float(i * window), float((i + 1) * window), rows))
-    elif by == "count":
-        if int(window) != window:
-            raise InvalidInput("a count window is a whole number of rows")
-        size = int(window)
-        for start in range(0, len(frame), size):
-            rows = frame.iloc[start : start + size]
-            windows.append((float(rows["ts"].iloc[0]), float(rows["ts"].iloc[-1]), rows))
-    else:
-        raise InvalidInput(f"by must be 'time' or 'count', not {by!r}")
-    out = []
-    for start, end, rows in windows:
-        quality = _window_quality(rows, task, classes)
-        out.append(
-            {
-                "window_start": start,
-                "window_end": end,
-                "n": len(rows),
-                "n_labelled": quality["n"],
-                **{k: quality[k] for k in names},
-            }
-        )
-    result = pd.DataFrame.from_records(out, columns=columns)
-    for name in names:  # object columns, so an undefined metric stays None (not NaN)
-        result[name] = pd.Series([row[name] for row in out], index=result.index, dtype=object)
-    return result
 
 
 def _seconds(values: Any) -> np.ndarray:

@@ -19,14 +19,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.serve.batcher import Overloaded
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.inference import ServerContext
-from nbdeploy.serve.metrics import Metrics
+from nbdeploy.serve.metrics import Metrics, TrafficCollector
 from nbdeploy.serve.monitoring import ServerMonitors
-from nbdeploy.serve.routes import json_response, routes
+from nbdeploy.serve.responses import INTERNAL, error_headers, error_response
+from nbdeploy.serve.routes import routes
 from nbdeploy.serve.runtime import Runtime
-from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard
+from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard, check_settings
 from nbdeploy.store import Store
 from nbdeploy.store.events import EventSink, NullSink
 
@@ -36,18 +36,17 @@ POLL_SECONDS = 0.2
 
 async def _nbdeploy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NbdeployError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    return json_response({"error": exc.message}, status=exc.status, headers=headers)
+    return error_response(exc.status, exc.message, error_headers(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return json_response({"error": exc.detail}, status=exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, exc.detail, exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return json_response({"error": "internal server error"}, status=500)
+    return error_response(500, INTERNAL)
 
 
 def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: ServeConfig | None = None,
@@ -62,6 +61,7 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     config = config or ServeConfig()
     if max_body is not None:
         config = replace(config, max_body_bytes=max_body)
+    check_settings(token, config.origins)  # now: Starlette builds the Guard only on the first event
     metrics = Metrics()
     runtime = Runtime(store, config, metrics)
     ctx = ServerContext(runtime=runtime, metrics=metrics, config=config)
@@ -95,12 +95,15 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     app = Starlette(
         routes=[*routes, *extra_routes],
         lifespan=lifespan,
-        middleware=[Middleware(Guard, hosts=hosts, token=token, max_body=config.max_body_bytes, metrics=metrics)],
+        middleware=[Middleware(Guard, hosts=hosts, token=token, max_body=config.max_body_bytes, metrics=metrics,
+                               allowed_origins=config.origins)],
         exception_handlers={NbdeployError: _nbdeploy_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.ctx = ctx
     app.state.runtime = runtime
     app.state.sink = sink if sink is not None else NullSink()
+    ctx.registry.register(TrafficCollector(metrics, loaded=runtime.loaded, load_failures=lambda: len(runtime.failed),
+                                           dropped=lambda: int(getattr(app.state.sink, "dropped", 0))))
     if callable(getattr(sink, "feedback", None)):
         app.state.log = sink  # the prediction log also takes feedback (see serve/feedback.py)
         app.state.monitors = ServerMonitors(store)  # quality, drift and alert gauges on /metrics

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from nbdeploy.errors import InvalidInput
+from nbdeploy.serve.origins import parse_allowed
 
 BATCHING_MODES = ("auto", "on", "off")
 
@@ -36,16 +37,40 @@ class ServeConfig:
     """On SIGTERM, readiness answers 503 for this long before the server stops taking connections."""
     workers: int = 1
     """Server processes sharing the one listening socket (each with its own runtime, batcher and log writer)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete this long after it opened (or after the previous
+    response) gets 408 and is closed: trickled headers cannot hold sockets."""
+    body_timeout_s: float = 30.0
+    """A request body not complete this long after its headers gets 408 and the connection is closed."""
+    max_connections: int = 1000
+    """Open connections per server process; beyond it a new connection gets 503 with Retry-After at once."""
+    allowed_origins: str = ""
+    """Web origins (``scheme://host[:port]``, comma-separated) whose pages may call the server from a
+    browser, with CORS answers; ``*`` for any, only with a token. Empty: the server's own pages only."""
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_MODES:
             raise InvalidInput(f"batching must be one of {', '.join(BATCHING_MODES)}, got {self.batching!r}")
+        if isinstance(self.allowed_origins, (list, tuple)):  # from Python: a list of origins reads naturally
+            object.__setattr__(self, "allowed_origins", ",".join(self.allowed_origins))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "batching" and (not isinstance(value, (int, float)) or value < 0):
+            if isinstance(f.default, str):
+                if not isinstance(value, str):
+                    raise InvalidInput(f"{f.name} must be a string, got {value!r}")
+            elif not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInput(f"{f.name} must be a non-negative number, got {value!r}")
-        if self.max_batch_rows < 1 or self.max_body_bytes < 1 or self.max_elements < 1 or self.workers < 1:
-            raise InvalidInput("max_batch_rows, max_body_bytes, max_elements and workers must be at least 1")
+        if min(self.max_batch_rows, self.max_body_bytes, self.max_elements, self.workers, self.max_connections) < 1:
+            raise InvalidInput("max_batch_rows, max_body_bytes, max_elements, workers and max_connections "
+                               "must be at least 1")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise InvalidInput("header_timeout_s and body_timeout_s must be positive numbers of seconds")
+        parse_allowed(self.allowed_origins)  # refuses what is not an origin, at start-up
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """``allowed_origins`` as normalized origins (see :mod:`nbdeploy.serve.origins`)."""
+        return parse_allowed(self.allowed_origins)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:

@@ -4,16 +4,21 @@ Needs the server's :class:`nbdeploy.store.log.PredictionLog` as ``request.app.st
 ``request.app.state.sink`` (where ``create_app(..., sink=...)`` puts the event sink).
 
 The body is one ``{"id": ..., "label": ...}`` or a list of them; ids are the prediction ids the
-V2 response carries (``<id>`` for a one-row request, ``<id>:<row>`` for more rows). The answer
-comes after the labels are committed (``synchronous=FULL``): an acknowledged label survives a
-crash of the server right after. Labelling is idempotent by id; a different label for a labelled
-id replaces it (last write wins) and is counted in ``updated``. Answer::
+server answered (``X-Request-ID``, V2 ``parameters.prediction_id``: ``<key>`` for a one-row
+request, ``<key>:<row>`` for more rows), or a client's own request id when it names exactly one
+logged request (409 when several requests share it). Ids and text labels are at most 256
+characters. The answer comes after the labels are committed (``synchronous=FULL``): an
+acknowledged label survives a crash of the server right after. Labelling is idempotent by
+prediction; a different label for a labelled one replaces it (last write wins) and is counted in
+``updated``. Answer::
 
     {"accepted": 2, "updated": 0, "unchanged": 0,
      "errors": [{"index": 1, "id": "abc", "status": 404, "error": "no logged prediction with id 'abc'"}]}
 
 Status 200 when every item was recorded, 207 when some were, else the items' 4xx (400 if they
 differ); with errors the body also has ``error`` (a one-line summary), as every error answer does.
+A log another process holds locked for longer than ``NBDEPLOY_LOG_FEEDBACK_TIMEOUT_S`` (5 s), or a
+full disk, answers 503 with ``Retry-After``: nothing was recorded, send the labels again.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from nbdeploy.errors import InvalidInput, Unavailable
+from nbdeploy.serve.responses import error_response, json_response
 from nbdeploy.store.log import feedback_status
 
 
@@ -39,12 +44,11 @@ async def feedback(request: Request) -> Response:
         raise InvalidInput(f"the feedback body is not valid JSON: {exc}") from None
     result = await run_in_threadpool(log.feedback, request.path_params["name"], items)
     status = feedback_status(result)
-    if result["errors"]:
-        first = result["errors"][0]
-        more = f" (and {len(result['errors']) - 1} more)" if len(result["errors"]) > 1 else ""
-        result["error"] = (f"{len(result['errors'])} of {len(result['errors']) + result['accepted']} labels "
-                           f"not recorded: item {first['index']}: {first['error']}{more}")
-    return Response(orjson.dumps(result), status_code=status, media_type="application/json")
-
-
-routes = [Route("/v2/models/{name}/feedback", feedback, methods=["POST"])]
+    errors = result["errors"]
+    if not errors:
+        return json_response(result, status)
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    summary = (f"{len(errors)} of {len(errors) + result['accepted']} labels not recorded: "
+               f"item {first['index']}: {first['error']}{more}")
+    return error_response(status, summary, fields=result)  # 207 too: the tally, and a one-line error

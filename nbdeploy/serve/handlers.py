@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy import __version__
+from nbdeploy._version import __version__
 from nbdeploy.errors import InvalidInput, NotFound
 from nbdeploy.serve.batcher import Feeds
 from nbdeploy.serve.codecs.v2 import InferRequest
@@ -68,7 +68,7 @@ def tensors_by_name(model: LoadedModel, request: InferRequest) -> dict[str, np.n
     if spec.frame and len(tensors) == 1 and len(spec.inputs) > 1:
         (only_name, only), = tensors.items()
         if only_name not in spec.names and np.ndim(only) == 2 and np.shape(only)[1] == len(spec.inputs):
-            return {s.name: only[:, i] for i, s in enumerate(spec.inputs)}
+            return spec.split_columns(only)
     return tensors
 
 

@@ -3,7 +3,12 @@
 They are the hot path, so they skip Starlette's request/response objects: read the body, resolve
 the version, decode and validate, queue the feeds on the version's batcher (off the event loop),
 encode, send. Each request is counted in ``/metrics`` and, once resolved to a version, handed to
-the prediction log's sink as one :class:`~nbdeploy.store.events.PredictionEvent`.
+the prediction log's sink as one :class:`~nbdeploy.store.events.PredictionEvent`, answered or not.
+
+The server makes the log's key of every request (:func:`new_id`) and answers it in the
+``X-Request-ID`` header (both protocols) and the V2 body's ``parameters.prediction_id``; feedback
+labels a prediction by it (``<key>`` for one row, ``<key>:<row>`` for rows). A V2 client's ``id``
+is echoed as ``id`` and kept beside the key, never trusted to be unique.
 """
 
 from __future__ import annotations
@@ -12,26 +17,27 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
+from prometheus_client.registry import CollectorRegistry
 
 from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve import handlers
-from nbdeploy.serve.batcher import Overloaded
 from nbdeploy.serve.codecs.mlflow import decode_scoring_request, encode_predictions
 from nbdeploy.serve.codecs.v2 import decode_infer_request, encode_infer_response
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics
+from nbdeploy.serve.responses import INTERNAL, RawHeaders, error_body, error_headers, raw_headers, send_bytes
 from nbdeploy.serve.runtime import LoadedModel, Runtime
 from nbdeploy.store import SHADOW
 from nbdeploy.store.events import NullSink, PredictionEvent
+from nbdeploy.store.labels import MAX_ID_CHARS
 
 log = logging.getLogger("nbdeploy.server")
-Headers = list[tuple[bytes, bytes]]
 MLFLOW_CODES = {400: "BAD_REQUEST", 404: "RESOURCE_DOES_NOT_EXIST", 413: "BAD_REQUEST", 422: "BAD_REQUEST",
                 503: "TEMPORARILY_UNAVAILABLE"}
 
@@ -44,11 +50,16 @@ class ServerContext:
     metrics: Metrics
     config: ServeConfig
     draining: bool = False
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))  # /metrics
 
 
 def new_id() -> str:
-    """A random (version 4) UUID, as ``uuid.uuid4()`` gives but without its system call per id."""
-    h = f"{random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62) | (0x4 << 76) | (0x2 << 62):032x}"
+    """A time-ordered random UUID (version 7: milliseconds since 1970, then 74 random bits), without
+    ``uuid``'s system call per id. Time order keeps the log's unique index growing at its end
+    rather than writing all over it; the random bits keep ids of one millisecond (and of several
+    server workers) apart."""
+    r = random.getrandbits(74)
+    h = f"{time.time_ns() // 1_000_000:012x}7{r >> 62:03x}{(0x2 << 62) | (r & ((1 << 62) - 1)):016x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -67,20 +78,6 @@ async def read_body(receive: Any) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_bytes(send: Any, status: int, body: bytes, content_type: bytes = b"application/json",
-                     extra: Headers | None = None) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def error_body(exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
-    extra = [(b"retry-after", str(exc.retry_after).encode())] if isinstance(exc, Overloaded) else None
-    return exc.status, orjson.dumps({"error": exc.message}), extra
-
-
 class InferenceRoute:
     """Shared flow; subclasses decode the body and encode the answer for their protocol."""
 
@@ -96,8 +93,10 @@ class InferenceRoute:
         tensors: dict[str, np.ndarray] = {}
         results: dict[str, np.ndarray] = {}
         request_id: str | None = None
+        key = ""
         try:
             model = ctx.runtime.resolve(params["name"], params.get("version"))
+            key = new_id()  # the log's key of this request: the server's, never the client's
             batcher = model.batcher
             batcher.arriving += 1  # a batch may wait for this one
             try:
@@ -108,46 +107,51 @@ class InferenceRoute:
                 batcher.arriving -= 1
             tensors = {s.name: feeds[s.onnx_name] for s in model.signature.inputs}
             results = await model.predict(feeds, rows)
-            request_id = request_id or new_id()
-            status, payload, content_type, extra = 200, *self.encode(model, request_id, decoded, results)
+            status, payload, content_type, extra = 200, *self.encode(model, key, request_id, decoded, results)
             error = None
         except ClientGone:
             return
         except NbdeployError as exc:
-            status, payload, extra = self.error(exc)
+            status, payload = exc.status, error_body(exc.message, self.error_fields(exc))
+            extra = raw_headers(error_headers(exc))  # Retry-After on a full queue
             content_type, error, results = b"application/json", exc.message, {}
         except Exception as exc:  # a bug, not the client's fault: say so, and keep serving
             log.exception("unexpected error in %s inference", self.protocol)
-            status, payload, extra = 500, b'{"error":"internal server error"}', None
+            status, payload, extra = 500, error_body(INTERNAL), None
             content_type, error, results = b"application/json", f"{type(exc).__name__}: {exc}", {}
-        await send_bytes(send, status, payload, content_type, extra)
-        elapsed = time.perf_counter() - started
-        if model is None:
-            ctx.metrics.unresolved[self.protocol, status] += 1
-            return
-        model.stats.record(self.protocol, status, elapsed)
-        if type(sink) is not NullSink:
-            sink.put(PredictionEvent(
-                id=request_id or new_id(), ts=time.time() - elapsed, model=model.name,
-                version=model.version, inputs=tensors, outputs=results, latency_ms=elapsed * 1000,
-                status=status, error=error,
-            ))
-            if status == 200 and params.get("version") is None:
-                shadow = shadow_of(ctx, model)
-                if shadow is not None:  # after the answer went out: the client never waits for it
-                    task = asyncio.ensure_future(run_shadow(shadow, tensors, request_id or new_id(), sink))
-                    _SHADOW_TASKS.add(task)
-                    task.add_done_callback(_SHADOW_TASKS.discard)
+        if model is not None:
+            extra = [*(extra or ()), (b"x-request-id", key.encode())]
+        try:
+            await send_bytes(send, status, payload, content_type, extra)
+        finally:  # logged even when the client went away while the answer was being sent
+            elapsed = time.perf_counter() - started
+            if model is None:
+                ctx.metrics.unresolved[self.protocol, status] += 1
+            else:
+                model.stats.record(self.protocol, status, elapsed)
+                if type(sink) is not NullSink:
+                    sink.put(PredictionEvent(
+                        id=key, ts=time.time() - elapsed, model=model.name, version=model.version, inputs=tensors,
+                        outputs=results, latency_ms=elapsed * 1000, status=status, error=error, client_id=request_id,
+                    ))
+                    if status == 200 and params.get("version") is None:
+                        shadow = shadow_of(ctx, model)
+                        if shadow is not None:  # after the answer went out: the client never waits for it
+                            task = asyncio.ensure_future(run_shadow(shadow, tensors, key, sink))
+                            _SHADOW_TASKS.add(task)
+                            task.add_done_callback(_SHADOW_TASKS.discard)
 
-    def error(self, exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
-        return error_body(exc)
+    def error_fields(self, exc: NbdeployError) -> dict[str, Any]:
+        """What the protocol's error body has beside ``error``."""
+        return {}
 
     def decode(self, scope: dict[str, Any], body: bytes, model: LoadedModel,
                ctx: ServerContext) -> tuple[str | None, dict[str, np.ndarray], Any]:
         raise NotImplementedError
 
-    def encode(self, model: LoadedModel, request_id: str, decoded: Any,
-               results: dict[str, np.ndarray]) -> tuple[bytes, bytes, Headers | None]:
+    def encode(self, model: LoadedModel, key: str, request_id: str | None, decoded: Any,
+               results: dict[str, np.ndarray]) -> tuple[bytes, bytes, RawHeaders | None]:
+        """The answer's body, content type and headers; ``key`` is the server's, ``request_id`` the client's."""
         raise NotImplementedError
 
 
@@ -163,10 +167,10 @@ def shadow_of(ctx: ServerContext, model: LoadedModel) -> LoadedModel | None:
     return served.versions.get(version)
 
 
-async def run_shadow(shadow: LoadedModel, tensors: dict[str, np.ndarray], request_id: str, sink: Any) -> None:
+async def run_shadow(shadow: LoadedModel, tensors: dict[str, np.ndarray], key: str, sink: Any) -> None:
     """Answer a copy of a production request with the shadow version and log it as ``<model>@shadow``.
 
-    Its ids are ``shadow:<request id>`` so the monitor can pair each answer with production's.
+    Its key is ``shadow:<production key>`` so the monitor can pair each answer with production's.
     """
     started = time.perf_counter()
     results: dict[str, np.ndarray] = {}
@@ -181,7 +185,7 @@ async def run_shadow(shadow: LoadedModel, tensors: dict[str, np.ndarray], reques
         status, error = 500, f"{type(exc).__name__}: {exc}"
     elapsed = time.perf_counter() - started
     sink.put(PredictionEvent(
-        id=f"{SHADOW}:{request_id}", ts=time.time() - elapsed, model=f"{shadow.name}@{SHADOW}",
+        id=f"{SHADOW}:{key}", ts=time.time() - elapsed, model=f"{shadow.name}@{SHADOW}",
         version=shadow.version, inputs=tensors, outputs=results, latency_ms=elapsed * 1000, status=status,
         error=error,
     ))
@@ -203,13 +207,17 @@ class V2Infer(InferenceRoute):
         length = _header(scope, b"inference-header-content-length")
         request = decode_infer_request(body, None if length is None else length.decode("latin-1"),
                                        max_elements=ctx.config.max_elements)
+        if request.id is not None and len(request.id) > MAX_ID_CHARS:  # it is logged and echoed: keep it small
+            raise InvalidInput(f"'id' must be at most {MAX_ID_CHARS} characters, got {len(request.id)}")
         wanted = handlers.requested_outputs(model, request)
         return request.id, handlers.tensors_by_name(model, request), (wanted, request.binary_outputs())
 
-    def encode(self, model, request_id, decoded, results):  # type: ignore[no-untyped-def]
+    def encode(self, model, key, request_id, decoded, results):  # type: ignore[no-untyped-def]
         wanted, binary = decoded
-        payload, headers = encode_infer_response(model.name, str(model.version), request_id,
-                                                 [(o, results[o]) for o in wanted], binary=binary)
+        payload, headers = encode_infer_response(model.name, str(model.version),
+                                                 key if request_id is None else request_id,
+                                                 [(o, results[o]) for o in wanted], binary=binary,
+                                                 parameters={"prediction_id": key})
         if "Inference-Header-Content-Length" in headers:
             extra = [(b"inference-header-content-length", headers["Inference-Header-Content-Length"].encode())]
             return payload, b"application/octet-stream", extra
@@ -232,14 +240,13 @@ class Invocations(InferenceRoute):
         handlers.check_output(model, request.output)
         return None, request.tensors, request.output
 
-    def error(self, exc: NbdeployError) -> tuple[int, bytes, Headers | None]:
-        """MLflow's error shape (``error_code``, ``message``) plus nbdeploy's ``error``."""
-        status, _, extra = error_body(exc)
-        code = MLFLOW_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
-        return status, orjson.dumps({"error_code": code, "message": exc.message, "error": exc.message}), extra
+    def error_fields(self, exc: NbdeployError) -> dict[str, Any]:
+        """MLflow's error shape (``error_code``, ``message``) beside nbdeploy's ``error``."""
+        code = MLFLOW_CODES.get(exc.status, "INTERNAL_ERROR" if exc.status >= 500 else "BAD_REQUEST")
+        return {"error_code": code, "message": exc.message}
 
-    def encode(self, model, request_id, decoded, results):  # type: ignore[no-untyped-def]
-        return encode_predictions(results[decoded]), b"application/json", None
+    def encode(self, model, key, request_id, decoded, results):  # type: ignore[no-untyped-def]
+        return encode_predictions(results[decoded]), b"application/json", None  # the key goes in X-Request-ID
 
 
 def check_json_object(body: bytes, what: str) -> dict[str, Any]:

@@ -1,27 +1,38 @@
-"""Prometheus metrics, hand-rolled: a few counters and histograms and the text exposition format.
+"""The server's traffic counters, and the Prometheus collector that shows them on ``/metrics``.
 
 Per model version: requests by protocol and status, latency, and rows per ONNX Runtime call (the
-batch size). Labels come only from versions the server actually serves, never from request paths,
-so a client cannot grow the series without bound.
+batch size). Counting is plain Python on the request path (a dict increment, a bisect); the
+collector turns the counters into metric families only when ``/metrics`` is scraped, and
+``prometheus_client`` writes the text. Labels come only from versions the server actually serves,
+never from request paths, so a client cannot grow the series without bound.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+CONTENT_TYPE = "text/plain; version=0.0.4"
+"""The text exposition format that ``prometheus_client.generate_latest`` writes."""
+
+Loaded = Iterable[tuple[str, int, bool]]
+"""(model, version, batching) of every version loaded now."""
 
 
 class Histogram:
-    """Cumulative buckets are computed when rendering; observing is one bisect and three adds."""
+    """Cumulative buckets are computed when scraped; observing is one bisect and three adds."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "count", "counts", "les", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
+        self.les = [f"{b:g}" for b in bounds]  # the `le` label values: 1, 2, 0.0001 (series names stay put)
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.count = 0
@@ -31,14 +42,14 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def lines(self, name: str, labels: str) -> Iterable[str]:
-        running = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
+    def buckets(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) per bound, then ``+Inf``."""
+        out, running = [], 0
+        for le, n in zip(self.les, self.counts, strict=False):
             running += n
-            yield f'{name}_bucket{{{labels},le="{bound:g}"}} {running}'
-        yield f'{name}_bucket{{{labels},le="+Inf"}} {self.count}'
-        yield f"{name}_sum{{{labels}}} {self.sum:.6f}"
-        yield f"{name}_count{{{labels}}} {self.count}"
+            out.append((le, running))
+        out.append(("+Inf", self.count))
+        return out
 
 
 class VersionStats:
@@ -56,12 +67,8 @@ class VersionStats:
         self.latency.observe(seconds)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class Metrics:
-    """Everything ``/metrics`` shows."""
+    """Every counter ``/metrics`` shows."""
 
     def __init__(self) -> None:
         self.versions: dict[tuple[str, int], VersionStats] = {}
@@ -75,43 +82,56 @@ class Metrics:
             self.versions = {**self.versions, (name, version): stats}
         return stats
 
-    def render(self, *, dropped: int, served: Iterable[tuple[str, int, bool]], load_failures: int) -> str:
-        """The text exposition format. ``served`` is (model, version, batching) for what is loaded now."""
-        out = [
-            "# HELP nbdeploy_requests_total Inference requests by model, version, protocol and status.",
-            "# TYPE nbdeploy_requests_total counter",
-        ]
-        for (name, version), stats in sorted(self.versions.items()):
-            base = f'model="{_escape(name)}",version="{version}"'
+
+class TrafficCollector(Collector):
+    """:class:`Metrics` and what the server holds now, as metric families, read when scraped.
+
+    Collect on the event loop, where requests are counted: the request counters are dicts that a
+    request may grow while another thread iterates them.
+    """
+
+    def __init__(self, metrics: Metrics, *, loaded: Callable[[], Loaded], load_failures: Callable[[], int],
+                 dropped: Callable[[], int]) -> None:
+        self.metrics = metrics
+        self.loaded, self.load_failures, self.dropped = loaded, load_failures, dropped
+
+    def collect(self) -> Iterator[Metric]:
+        versions = sorted(self.metrics.versions.items())
+        by_version = ["model", "version"]
+        requests = CounterMetricFamily("nbdeploy_requests",
+                                       "Inference requests by model, version, protocol and status.",
+                                       labels=[*by_version, "protocol", "code"])
+        errors = CounterMetricFamily("nbdeploy_request_errors", "Inference requests answered with a 4xx or 5xx status.",
+                                     labels=by_version)
+        latency = HistogramMetricFamily("nbdeploy_request_duration_seconds",
+                                        "Inference request latency inside the server.", labels=by_version)
+        batches = HistogramMetricFamily("nbdeploy_batch_rows", "Rows per ONNX Runtime call (the batch size).",
+                                        labels=by_version)
+        for (name, number), stats in versions:
+            version = str(number)
             for (protocol, status), n in sorted(stats.requests.items()):
-                out.append(f'nbdeploy_requests_total{{{base},protocol="{protocol}",code="{status}"}} {n}')
-        for (protocol, status), n in sorted(self.unresolved.items()):
-            out.append(f'nbdeploy_requests_total{{model="",version="",protocol="{protocol}",code="{status}"}} {n}')
-        out += ["# HELP nbdeploy_request_errors_total Inference requests answered with a 4xx or 5xx status.",
-                "# TYPE nbdeploy_request_errors_total counter"]
-        for (name, version), stats in sorted(self.versions.items()):
-            errors = sum(n for (_, status), n in stats.requests.items() if status >= 400)
-            out.append(f'nbdeploy_request_errors_total{{model="{_escape(name)}",version="{version}"}} {errors}')
-        errors = sum(n for (_, status), n in self.unresolved.items() if status >= 400)
-        out.append(f'nbdeploy_request_errors_total{{model="",version=""}} {errors}')
-        out += ["# HELP nbdeploy_request_duration_seconds Inference request latency inside the server.",
-                "# TYPE nbdeploy_request_duration_seconds histogram"]
-        for (name, version), stats in sorted(self.versions.items()):
-            out += stats.latency.lines("nbdeploy_request_duration_seconds",
-                                       f'model="{_escape(name)}",version="{version}"')
-        out += ["# HELP nbdeploy_batch_rows Rows per ONNX Runtime call (the batch size).",
-                "# TYPE nbdeploy_batch_rows histogram"]
-        for (name, version), stats in sorted(self.versions.items()):
-            out += stats.batches.lines("nbdeploy_batch_rows", f'model="{_escape(name)}",version="{version}"')
-        out += ["# HELP nbdeploy_rejected_total Requests refused before reaching a route, by reason.",
-                "# TYPE nbdeploy_rejected_total counter"]
-        out += [f'nbdeploy_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(self.rejected.items())]
-        out += ["# HELP nbdeploy_model_loaded Versions loaded now (1), with whether they batch.",
-                "# TYPE nbdeploy_model_loaded gauge"]
-        out += [f'nbdeploy_model_loaded{{model="{_escape(n)}",version="{v}",batching="{str(b).lower()}"}} 1'
-                for n, v, b in served]
-        out += ["# HELP nbdeploy_model_load_failures Versions the server could not load.",
-                "# TYPE nbdeploy_model_load_failures gauge", f"nbdeploy_model_load_failures {load_failures}",
-                "# HELP nbdeploy_log_dropped_total Prediction events the log could not keep.",
-                "# TYPE nbdeploy_log_dropped_total counter", f"nbdeploy_log_dropped_total {dropped}"]
-        return "\n".join(out) + "\n"
+                requests.add_metric([name, version, protocol, str(status)], n)
+            errors.add_metric([name, version], sum(n for (_, status), n in stats.requests.items() if status >= 400))
+            latency.add_metric([name, version], stats.latency.buckets(), stats.latency.sum)
+            batches.add_metric([name, version], stats.batches.buckets(), stats.batches.sum)
+        # requests that named no served model count under empty labels: paths never become labels
+        unresolved = sorted(self.metrics.unresolved.items())
+        for (protocol, status), n in unresolved:
+            requests.add_metric(["", "", protocol, str(status)], n)
+        errors.add_metric(["", ""], sum(n for (_, status), n in unresolved if status >= 400))
+        yield from (requests, errors, latency, batches)
+
+        rejected = CounterMetricFamily("nbdeploy_rejected", "Requests refused before reaching a route, by reason.",
+                                       labels=["reason"])
+        for reason, n in sorted(self.metrics.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        loaded = GaugeMetricFamily("nbdeploy_model_loaded", "Versions loaded now (1), with whether they batch.",
+                                   labels=[*by_version, "batching"])
+        for name, number, batching in self.loaded():
+            loaded.add_metric([name, str(number), str(batching).lower()], 1)
+        yield loaded
+        yield GaugeMetricFamily("nbdeploy_model_load_failures", "Versions the server could not load.",
+                                value=self.load_failures())
+        yield CounterMetricFamily("nbdeploy_log_dropped", "Prediction events the log could not keep.",
+                                  value=self.dropped())

@@ -2,24 +2,28 @@
 
 - ``check_self_contained``: the ONNX file carries all its tensors (no external data paths).
 - ``warmup_feeds``: plausible rows to run a model on before it serves.
+- ``single_row_ms``: the median time of a one-row call.
 - ``nan_refusing_inputs``: float inputs where a NaN makes the model answer NaN (or fail): requests
   with missing values there are refused with 400 instead of answering nonsense.
 - ``batch_helps``: whether one call on 16 rows beats 16 single-row calls by at least 2x.
+
+The probes that call a model take its signature and its ``run`` function rather than the runtime's
+model object, so this module needs nothing from the runtime that uses it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.signature import FLOAT_TYPES, NUMPY_OF, Signature
+from nbdeploy.signature import DATATYPE_TO_NUMPY, FLOAT_TYPES, Signature
 
-if TYPE_CHECKING:
-    from nbdeploy.serve.runtime import LoadedModel
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""A model's call: ONNX feeds in, every output out (``ModelRunError`` when ONNX Runtime refuses)."""
 
 BATCH_PROBE_ROWS = 16
 BATCH_MIN_GAIN = 2.0
@@ -71,20 +75,31 @@ def warmup_feeds(signature: Signature, rows: int = 1) -> dict[str, np.ndarray]:
             value = spec.categories[0] if spec.categories else ""
             feeds[spec.onnx_name] = np.full((rows, width), value, dtype=object)
         else:
-            feeds[spec.onnx_name] = np.zeros((rows, width), dtype=NUMPY_OF[spec.datatype])
+            feeds[spec.onnx_name] = np.zeros((rows, width), dtype=DATATYPE_TO_NUMPY[spec.datatype])
     return feeds
 
 
-def nan_refusing_inputs(model: LoadedModel) -> frozenset[str]:
+def single_row_ms(signature: Signature, run: Run, runs: int = 7) -> float:
+    """Median milliseconds of one single-row call, the first (cold) call left out."""
+    feeds = warmup_feeds(signature, 1)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run(feeds)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:] if runs > 1 else times)) * 1000
+
+
+def nan_refusing_inputs(signature: Signature, run: Run) -> frozenset[str]:
     """Float inputs (user names) where NaN yields a NaN output or an error."""
     refusing = set()
-    for spec in model.signature.inputs:
+    for spec in signature.inputs:
         if spec.datatype not in FLOAT_TYPES:
             continue
-        feeds = warmup_feeds(model.signature, 1)
+        feeds = warmup_feeds(signature, 1)
         feeds[spec.onnx_name] = np.full_like(feeds[spec.onnx_name], np.nan)
         try:
-            outputs = model.run(feeds)
+            outputs = run(feeds)
         except NbdeployError:
             refusing.add(spec.name)
             continue
@@ -93,13 +108,13 @@ def nan_refusing_inputs(model: LoadedModel) -> frozenset[str]:
     return frozenset(refusing)
 
 
-def batch_helps(model: LoadedModel, single_row_ms: float) -> bool:
+def batch_helps(signature: Signature, run: Run, single_row_ms: float) -> bool:
     """True when one call on 16 rows costs less than half of 16 single-row calls."""
-    feeds = warmup_feeds(model.signature, BATCH_PROBE_ROWS)
+    feeds = warmup_feeds(signature, BATCH_PROBE_ROWS)
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        model.run(feeds)
+        run(feeds)
         times.append(time.perf_counter() - started)
     batch_ms = min(times) * 1000
     return BATCH_PROBE_ROWS * single_row_ms >= BATCH_MIN_GAIN * batch_ms

@@ -2,7 +2,12 @@
 
 The server runs in its own session (``start_new_session``) so that a kernel shutting down its
 process group, or a restart, does not take the endpoint with it. It is found again through the
-store's ``server`` record.
+store's ``server`` record, which holds its PID and its start time: a PID is reused once its process
+is gone (a crash, a reboot), so a record is taken to be the server only while the process with that
+PID started when the server did, and only then is it signalled.
+
+The server starts with umask 077: what it creates in the store (its log, the prediction log, the
+token) is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 from nbdeploy.errors import Unavailable
-from nbdeploy.store import ServerRecord, Store
+from nbdeploy.store import ServerRecord, Store, process_start
+from nbdeploy.store.files import private_file
 
 START_TIMEOUT = 60.0
+SERVER_UMASK = 0o077
 
 
 def pid_alive(pid: int) -> bool:
@@ -39,6 +47,47 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def is_server(record: ServerRecord) -> bool:
+    """Whether ``record.pid`` is still the server that recorded itself, not a later process given its PID."""
+    if not pid_alive(record.pid):
+        return False
+    if record.proc_start is not None:
+        return process_start(record.pid) == record.proc_start
+    return _serve_command(record.pid)  # a record with no start time: it must at least run `nbdeploy serve`
+
+
+def _serve_command(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # no /proc to tell by: not known to be the server, so never signalled
+        return False
+    return any(b"nbdeploy" in arg for arg in argv) and b"serve" in argv
+
+
+def _signal(record: ServerRecord, sig: int) -> bool:
+    """Send ``sig`` to the recorded server if it still is that process; False (nothing sent) otherwise.
+
+    Where there are pidfds (Linux), the process is pinned before it is checked, so the signal goes to
+    the process that was checked even if the PID were given to another one in between.
+    """
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):  # no pidfd_open here, or the process is gone
+        pidfd = os.pidfd_open(record.pid)
+    try:
+        if not is_server(record):
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(record.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def _live(record: ServerRecord, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{record.url}/v2/health/live", timeout=timeout) as resp:
@@ -47,22 +96,28 @@ def _live(record: ServerRecord, timeout: float = 2.0) -> bool:
         return False
 
 
-def running_server(store: Store) -> ServerRecord | None:
-    """The store's server if it is up, else ``None`` (and a stale record is cleared)."""
+def recorded_server(store: Store) -> ServerRecord | None:
+    """The store's server record if its process is alive and is that server (a stale record is
+    cleared). No network: cheap enough before every request; :func:`running_server` also asks the server."""
     record = store.server()
     if record is None:
         return None
-    if pid_alive(record.pid) and _live(record):
+    if is_server(record):
         return record
-    if not pid_alive(record.pid):
-        store.clear_server(record.pid)
+    store.clear_server(record.pid)
     return None
+
+
+def running_server(store: Store) -> ServerRecord | None:
+    """The store's server if it is up and answers, else ``None`` (and a stale record is cleared)."""
+    record = recorded_server(store)
+    return record if record is not None and _live(record) else None
 
 
 @contextlib.contextmanager
 def _start_lock(store: Store) -> Iterator[None]:
     """Two kernels deploying at once must not start two servers for one store."""
-    with open(store.home / "server.lock", "w") as fh:
+    with open(private_file(store.home / "server.lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -78,9 +133,9 @@ def ensure_server(store: Store, port: int | None = None, timeout: float = START_
             return record
         log_path = store.home / "server.log"
         cmd = [sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", str(port or 0)]
-        with open(log_path, "ab") as log:
+        with open(private_file(log_path), "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, umask=SERVER_UMASK)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -100,7 +155,7 @@ def wait_applied(store: Store, generation: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = store.server()
-        if record is None or not pid_alive(record.pid):
+        if record is None or not is_server(record):
             raise Unavailable("the nbdeploy server is not running")
         for pid in store.workers():  # a worker that died no longer holds the server back
             if not pid_alive(pid):
@@ -113,22 +168,24 @@ def wait_applied(store: Store, generation: int, timeout: float = 60.0) -> None:
 
 
 def stop_server(store: Store, timeout: float = 15.0) -> bool:
-    """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns True if one was running."""
+    """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns True if one was running.
+
+    A record whose PID is no longer the server's (the process is gone, or another one has the PID)
+    is cleared and nothing is signalled.
+    """
     record = store.server()
     if record is None:
         return False
-    if not pid_alive(record.pid):
+    if not _signal(record, signal.SIGTERM):
         store.clear_server(record.pid)
         return False
-    os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(record.pid):
+        if not is_server(record):
             break
         time.sleep(0.05)
     else:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, signal.SIGKILL)
+        _signal(record, signal.SIGKILL)
         time.sleep(0.1)
     store.clear_server(record.pid)
     return True

@@ -15,6 +15,9 @@ version). ``user_config`` is one of::
 
 From Python: :func:`serve_on_ray` starts (or joins) Ray and deploys; :func:`update_ray` changes the
 user_config. On a cluster: ``serve deploy serve-config.yaml`` with :func:`app_builder` as import path.
+
+Every replica requires nbdeploy's bearer token unless Ray's HTTP proxy listens on loopback only
+(:func:`replica_token`): Ray Serve config files bind the proxy to every interface by default.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve.config import ServeConfig
-from nbdeploy.store import Store
+from nbdeploy.store import Store, open_store
 
 log = logging.getLogger("nbdeploy.server")
 
@@ -41,6 +44,8 @@ NETWORK_WARNING = (
     "not only the HTTP port: run it on a private network behind a firewall, keep Ray's token "
     "authentication on (RAY_AUTH_MODE), and require nbdeploy's token on the endpoint (require_token)."
 )
+MIN_TOKEN_LENGTH = 32  # what the server generates (secrets.token_urlsafe(32) is 43 characters)
+TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _deployed: dict[str, dict[str, Any]] = {}  # app name -> the application config this process deployed
 
 
@@ -102,6 +107,70 @@ class PinnedStore:
         return None
 
 
+def replica_token(store: Store, require_token: bool | None, proxy_host: str | None) -> str | None:
+    """The bearer token a replica requires, or ``None`` for none.
+
+    The token is on whenever Ray's HTTP proxy is not bound to loopback (``proxy_host``; ``None``
+    when it cannot be told, which counts as not loopback). ``require_token=True`` turns it on for a
+    loopback proxy too; ``require_token=False`` is refused for a proxy that is not on loopback.
+    The token is ``NBDEPLOY_TOKEN`` (the same on every node; at least 32 characters), else the
+    store's token file (a shared store).
+    """
+    from nbdeploy.serve.security import is_loopback, load_or_create_token  # Starlette: only where it serves
+
+    exposed = proxy_host is None or not is_loopback(proxy_host)
+    if require_token is False and exposed:
+        where = f"listens on {proxy_host}" if proxy_host else "may listen beyond loopback (it could not be asked)"
+        raise InvalidInput(f"require_token is false but Ray's HTTP proxy {where}: nbdeploy requires its token "
+                           "there; drop require_token, or bind the proxy to 127.0.0.1 (http_options.host)")
+    if not (exposed or require_token):
+        return None
+    configured = os.environ.get("NBDEPLOY_TOKEN")
+    if configured is None:
+        return load_or_create_token(store.home)
+    token = configured.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidInput(f"NBDEPLOY_TOKEN is {len(token)} characters long; a token needs at least "
+                           f"{MIN_TOKEN_LENGTH} (make one with {TOKEN_HINT})")
+    return token
+
+
+def _proxy_host() -> str | None:
+    """Where this Serve instance's HTTP proxies listen, asked of its controller; ``None`` if unknown."""
+    try:
+        import ray
+
+        if not ray.is_initialized():  # asking would start a Ray of its own
+            return None
+        from ray.serve.context import _get_global_client
+
+        host = _get_global_client().http_config.host
+    except Exception:  # any failure to ask: unknown, so the token stays on
+        return None
+    return str(host) if host else None
+
+
+def replica_app(home: str, config: dict[str, Any] | None = None, require_token: bool | None = None,
+                allow_hosts: list[str] | tuple[str, ...] = (), prediction_log: bool = False) -> tuple[PinnedStore, Any]:
+    """What one replica serves: the plain server's app over a :class:`PinnedStore` of ``home``,
+    behind the token :func:`replica_token` decides for where Ray's proxy listens."""
+    from nbdeploy.serve.app import create_app
+    from nbdeploy.serve.security import LOOPBACK_HOSTS
+    from nbdeploy.serve.server import make_sink
+    from nbdeploy.store.events import NullSink
+
+    store = Store(home)
+    view = PinnedStore(store)
+    token = replica_token(store, require_token, _proxy_host())
+    hosts = frozenset(LOOPBACK_HOSTS | {h.lower() for h in allow_hosts})
+    sink = make_sink(store) if prediction_log else NullSink()
+    app = create_app(view, config=ServeConfig(**(config or {})), sink=sink,  # type: ignore[arg-type]
+                     token=token, hosts=hosts, poll_seconds=1.0)
+    view.pin(None)
+    app.state.runtime.sync(True)
+    return view, app
+
+
 @functools.cache
 def deployment_class() -> Any:
     """The Ray Serve deployment (built on first use, so importing this module never needs Ray)."""
@@ -110,25 +179,10 @@ def deployment_class() -> Any:
     @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=MAX_ONGOING_REQUESTS)
     @serve.ingress()
     class NbdeployDeployment:
-        """One replica: the plain server's app over a :class:`PinnedStore`."""
+        """One replica: :func:`replica_app`, updated by ``reconfigure``."""
 
-        def __init__(self, home: str, config: dict[str, Any] | None = None, require_token: bool = False,
-                     allow_hosts: list[str] | tuple[str, ...] = (), prediction_log: bool = False) -> None:
-            from nbdeploy.serve.app import create_app
-            from nbdeploy.serve.security import LOOPBACK_HOSTS, load_or_create_token
-            from nbdeploy.serve.server import make_sink
-            from nbdeploy.store.events import NullSink
-
-            store = Store(home)
-            self.view = PinnedStore(store)
-            # NBDEPLOY_TOKEN (the same on every node), else the store's token file (a shared store)
-            token = (os.environ.get("NBDEPLOY_TOKEN") or load_or_create_token(store.home)) if require_token else None
-            hosts = frozenset(LOOPBACK_HOSTS | {h.lower() for h in allow_hosts})
-            sink = make_sink(store) if prediction_log else NullSink()
-            self.nb_app = create_app(self.view, config=ServeConfig(**(config or {})), sink=sink,  # type: ignore[arg-type]
-                                  token=token, hosts=hosts, poll_seconds=1.0)
-            self.view.pin(None)
-            self.nb_app.state.runtime.sync(True)
+        def __init__(self, home: str, **args: Any) -> None:
+            self.view, self.nb_app = replica_app(home, **args)
 
         def __serve_build_asgi_app__(self) -> Any:
             return self.nb_app
@@ -146,8 +200,8 @@ def deployment_class() -> Any:
 
 def app_builder(args: dict[str, Any]) -> Any:
     """The import path for ``serve run``/``serve deploy``: ``args`` has ``home`` (the store or bundle
-    on every node) and optionally ``config`` (ServeConfig fields), ``require_token`` (``NBDEPLOY_TOKEN``
-    on the nodes, else the store's token file), ``allow_hosts``
+    on every node) and optionally ``config`` (ServeConfig fields), ``require_token`` (on by itself
+    unless the proxy listens on loopback; see :func:`replica_token`), ``allow_hosts``
     (Host names clients use besides loopback) and ``prediction_log``."""
     args = dict(args)
     home = args.pop("home", None)
@@ -192,11 +246,12 @@ def serve_on_ray(home: str | os.PathLike[str] | None = None, *, replicas: int = 
     from ray.serve.config import HTTPOptions
     from ray.serve.schema import LoggingConfig
 
-    from nbdeploy.local import open_store
+    from nbdeploy.serve.security import is_loopback
 
     store = open_store(home)
     warnings.warn(NETWORK_WARNING, RayExposureWarning, stacklevel=2)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
+        replica_token(store, args.get("require_token"), host)  # refuse require_token=False here, before Ray starts
         args.setdefault("require_token", True)
         args.setdefault("allow_hosts", [host])
     if not ray.is_initialized():
@@ -221,8 +276,6 @@ def update_ray(home: str | os.PathLike[str] | None = None, *, models: dict[str, 
     if models is not None:
         user_config: dict[str, Any] = {"models": models}
     else:
-        from nbdeploy.local import open_store
-
         user_config = {"generation": open_store(home or config["args"]["home"]).generation()}
     deployment = {**config["deployments"][0], "user_config": user_config}
     _deploy({**config, "deployments": [deployment]})
@@ -277,6 +330,7 @@ def shutdown_ray() -> None:
     _deployed.clear()
 
 
-__all__ = ["IMPORT_PATH", "PinnedStore", "RayExposureWarning", "app_builder", "application_config",
-           "deployment_class", "serve_on_ray", "shutdown_ray", "update_ray"]
+__all__ = ["IMPORT_PATH", "MIN_TOKEN_LENGTH", "PinnedStore", "RayExposureWarning", "app_builder",
+           "application_config", "deployment_class", "replica_app", "replica_token", "serve_on_ray", "shutdown_ray",
+           "update_ray"]
 

@@ -1,46 +1,31 @@
-"""HTTP routes: decode the request, call a handler, encode the answer. Nothing else.
+"""The route table: every operation of the server, once. Starlette's routes and the OpenAPI document
+are both made from :data:`ROUTES`, so a route cannot go undocumented.
 
-``routes`` is a plain list; ``create_app`` may extend it. Each action has one route: the optional
-``/versions/{v}`` segment (a number or an alias) is one path convertor, for V2 and MLflow alike.
+The functions here decode the request, call :mod:`~nbdeploy.serve.handlers`, encode the answer;
+nothing else. The inference routes (the hot path) are plain ASGI apps in
+:mod:`nbdeploy.serve.inference`; what a row holds is in :mod:`nbdeploy.serve.routing`.
 """
 
 from __future__ import annotations
 
-import orjson
+from functools import cache
+from typing import Any
+
+from prometheus_client.exposition import generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from nbdeploy import __version__
+from nbdeploy._version import __version__
 from nbdeploy.errors import NotFound, Unavailable
 from nbdeploy.serve import handlers
-from nbdeploy.serve.feedback import routes as feedback_routes
+from nbdeploy.serve.feedback import feedback
 from nbdeploy.serve.inference import Invocations, ServerContext, V2Infer, check_json_object
-from nbdeploy.serve.openapi import DOCS_HTML, openapi_document
-
-
-class VersionSegment(Convertor[str | None]):
-    """Matches nothing or ``/versions/<v>``; yields ``None`` or ``"<v>"``."""
-
-    regex = "(?:/versions/[^/]+)?"
-
-    def convert(self, value: str) -> str | None:
-        return value[len("/versions/"):] if value else None
-
-    def to_string(self, value: str | None) -> str:
-        return f"/versions/{value}" if value else ""
-
-
-register_url_convertor("versionseg", VersionSegment())
-
-VERSIONED = "/v2/models/{name}{version:versionseg}"
-MLFLOW = "/models/{name}{version:versionseg}"
-
-
-def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+from nbdeploy.serve.metrics import CONTENT_TYPE
+from nbdeploy.serve.openapi import DOCS_HTML, document
+from nbdeploy.serve.responses import error_response, json_response
+from nbdeploy.serve.routing import JSON, Reply, RouteSpec
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -72,7 +57,7 @@ async def model_ready(request: Request) -> Response:
     try:
         model = _ctx(request).runtime.resolve(p["name"], p["version"])
     except (NotFound, Unavailable) as exc:
-        return json_response({"name": p["name"], "ready": False, "error": exc.message}, status=exc.status)
+        return error_response(exc.status, exc.message, fields={"name": p["name"], "ready": False})
     return json_response({"name": p["name"], "version": str(model.version), "ready": True})
 
 
@@ -97,14 +82,11 @@ async def version(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     ctx = _ctx(request)
-    served = [(name, number, model.batching) for name, s in sorted(ctx.runtime.models().items())
-              for number, model in sorted(s.versions.items())]
-    text = ctx.metrics.render(dropped=int(getattr(request.app.state.sink, "dropped", 0)), served=served,
-                              load_failures=len(ctx.runtime.failed))
+    body = generate_latest(ctx.registry)  # on the event loop, where the traffic counters change
     monitors = getattr(request.app.state, "monitors", None)
-    if monitors is not None:  # quality, drift and alert gauges from the prediction log
-        text += await run_in_threadpool(monitors.text, sorted(ctx.runtime.models()))
-    return Response(text, media_type="text/plain; version=0.0.4")
+    if monitors is not None:  # quality, drift and alert gauges from the prediction log (blocking reads)
+        body += (await run_in_threadpool(monitors.text, sorted(ctx.runtime.models()))).encode()
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:
@@ -115,23 +97,56 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(DOCS_HTML)
 
 
-routes: list[BaseRoute] = [
-    Route(VERSIONED + "/infer", V2Infer(), methods=["POST"]),
-    Route(MLFLOW + "/invocations", Invocations(), methods=["POST"]),
-    Route("/v2", server_metadata, methods=["GET"]),
-    Route("/v2/health/live", live, methods=["GET"]),
-    Route("/v2/health/ready", ready, methods=["GET"]),
-    Route(VERSIONED, model_metadata, methods=["GET"]),
-    Route(VERSIONED + "/ready", model_ready, methods=["GET"]),
-    Route("/v2/repository/index", repository_index, methods=["POST"]),
-    Route("/ping", ping, methods=["GET"]),
-    Route("/health", ping, methods=["GET"]),
-    Route("/version", version, methods=["GET"]),
-    Route(MLFLOW + "/ping", ping, methods=["GET"]),
-    Route(MLFLOW + "/health", ping, methods=["GET"]),
-    Route(MLFLOW + "/version", version, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
-    *feedback_routes,
+def _ok(schema: str, description: str = "OK") -> dict[int, Reply]:
+    return {200: Reply(description, schema)}
+
+
+_TEXT = {200: Reply("The version", "Text", "text/plain")}
+_SERVING = {200: Reply("Serving"), 503: Reply("Not ready")}
+_BODY_ERRORS = (400, 404, 413, 415, 422, 503)
+
+# The inference routes come first: Starlette tries routes in order, and they carry the traffic.
+ROUTES: list[RouteSpec] = [
+    RouteSpec("POST", "/v2/models/{name}/infer", V2Infer(), "infer",
+              "Inference (V2, JSON or binary tensor data extension)", _ok("InferResponse"), _BODY_ERRORS,
+              request={JSON: "InferRequest", "application/octet-stream": "Binary"}, versioned=True),
+    RouteSpec("POST", "/models/{name}/invocations", Invocations(), "invocations",
+              "MLflow-compatible scoring (JSON or CSV)", _ok("Predictions"), _BODY_ERRORS,
+              request={JSON: "ScoringRequest", "text/csv": "Text"}, versioned=True),
+    RouteSpec("GET", "/v2", server_metadata, "server_metadata", "Server metadata (V2)", _ok("ServerMetadata")),
+    RouteSpec("GET", "/v2/health/live", live, "live", "Liveness (V2)", _ok("Live")),
+    RouteSpec("GET", "/v2/health/ready", ready, "ready", "Readiness: 503 while starting or draining",
+              {**_ok("Ready"), 503: Reply("Not ready", "Ready")}),
+    RouteSpec("GET", "/v2/models/{name}", model_metadata, "model_metadata", "Model metadata (V2)",
+              _ok("ModelMetadata"), (404, 503), versioned=True),
+    RouteSpec("GET", "/v2/models/{name}/ready", model_ready, "model_ready", "Model readiness (V2)",
+              _ok("ModelReady"), (404, 503), versioned=True),
+    RouteSpec("POST", "/v2/repository/index", repository_index, "repository_index", "Served versions (read-only)",
+              _ok("Index"), (400,), request={JSON: "Object"}, request_required=False),
+    RouteSpec("GET", "/ping", ping, "ping", "MLflow health check", _SERVING),
+    RouteSpec("GET", "/health", ping, "health", "MLflow health check (alias of /ping)", _SERVING),
+    RouteSpec("GET", "/version", version, "version", "Server version (text)", _TEXT),
+    RouteSpec("GET", "/models/{name}/ping", ping, "model_ping", "MLflow health", {200: Reply("Serving")},
+              (404, 503), versioned=True),
+    RouteSpec("GET", "/models/{name}/health", ping, "model_health", "MLflow health", {200: Reply("Serving")},
+              (404, 503), versioned=True),
+    RouteSpec("GET", "/models/{name}/version", version, "model_version", "Server version (text, MLflow path)",
+              _TEXT, versioned=True),
+    RouteSpec("GET", "/metrics", metrics, "metrics", "Prometheus metrics",
+              {200: Reply("Text exposition format", "Text", "text/plain")}),
+    RouteSpec("GET", "/openapi.json", openapi, "openapi", "This document", _ok("Object")),
+    RouteSpec("GET", "/docs", docs, "docs", "A page to read this document and try each operation",
+              {200: Reply("The page", "Text", "text/html")}),
+    RouteSpec("POST", "/v2/models/{name}/feedback", feedback, "feedback",
+              "Ground-truth labels for logged predictions, by prediction id",
+              {**_ok("FeedbackResult", "Every label recorded"),
+               207: Reply("Some labels recorded: see errors", "FeedbackResult")}, (400, 404, 503),
+              request={JSON: "FeedbackRequest"}),
 ]
+
+routes: list[BaseRoute] = [spec.route() for spec in ROUTES]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return document(ROUTES)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +22,13 @@ from nbdeploy.errors import NbdeployError, NotFound, Unavailable
 from nbdeploy.serve.batcher import Batcher, Feeds, Outputs
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics, VersionStats
-from nbdeploy.serve.probe import batch_helps, check_self_contained, nan_refusing_inputs, warmup_feeds
-from nbdeploy.signature import NUMPY_OF, Signature
-from nbdeploy.store import PRODUCTION, Store, VersionRecord
+from nbdeploy.serve.probe import batch_helps, check_self_contained, nan_refusing_inputs, single_row_ms
+from nbdeploy.serve.sessions import ort_session
+from nbdeploy.signature import DATATYPE_TO_NUMPY, Signature
+from nbdeploy.store import PRODUCTION, Store, VersionRecord, version_number
 
 log = logging.getLogger("nbdeploy.server")
+MAX_VERSION_DIGITS = 18
 
 ORT_TO_V2 = {
     "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
@@ -62,7 +63,8 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self._names = list(self.outputs)  # naming the outputs saves ORT a lookup per call
-        self.plan = [(s.name, s.onnx_name, s.shape[1] if len(s.shape) > 1 else 1, NUMPY_OF[s.datatype], False)
+        self.plan = [(s.name, s.onnx_name, s.shape[1] if len(s.shape) > 1 else 1,
+                      DATATYPE_TO_NUMPY[s.datatype], False)
                      for s in self.signature.inputs]
 
     def refuse_nan(self, names: frozenset[str]) -> None:
@@ -118,6 +120,11 @@ class Runtime:
     def models(self) -> dict[str, ServedModel]:
         return self._table
 
+    def loaded(self) -> list[tuple[str, int, bool]]:
+        """(model, version, batching) of every version loaded now, in order."""
+        return [(name, number, model.batching) for name, served in sorted(self._table.items())
+                for number, model in sorted(served.versions.items())]
+
     # -- routing ------------------------------------------------------------------------
     def resolve(self, name: str, version: str | None = None) -> LoadedModel:
         """The model answering for ``name`` and a version number or alias (default: production)."""
@@ -126,13 +133,14 @@ class Runtime:
             raise NotFound(f"model {name!r} is not served{self._hint(name)}")
         if not version:
             version = PRODUCTION
-        if version.isdigit():
-            number = int(version)
-        elif version in served.aliases:
+        # ASCII digits only (str.isdigit() also takes '²' and Arabic-Indic digits); no version has 19 digits,
+        # and int() refuses thousands of them with a ValueError
+        number = version_number(version) if len(version) <= MAX_VERSION_DIGITS else None
+        if number is None:
+            if version not in served.aliases:
+                raise NotFound(f"model {name!r} has no version or alias {version!r:.80}; "
+                               f"aliases: {', '.join(sorted(served.aliases)) or 'none'}")
             number = served.aliases[version]
-        else:
-            raise NotFound(f"model {name!r} has no version or alias {version!r}; "
-                           f"aliases: {', '.join(sorted(served.aliases)) or 'none'}")
         loaded = served.versions.get(number)
         if loaded is None:
             if (name, number) in self.failed:
@@ -204,14 +212,9 @@ class Runtime:
 
     def load(self, record: VersionRecord) -> LoadedModel:
         """Load one stored version: hash-checked, self-contained ONNX, warmed, measured, started."""
-        import onnxruntime as ort
-
         data = record.onnx_bytes()  # refused unless it is the file that was registered
         check_self_contained(data)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.ort_threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort_session(data, threads=self.config.ort_threads)
         meta = record.meta
         model = LoadedModel(
             name=record.name, version=record.version, session=session,
@@ -220,11 +223,11 @@ class Runtime:
             outputs={o.name: ORT_TO_V2.get(o.type, "FP32") for o in session.get_outputs()},
             stats=self.metrics.version(record.name, record.version),
         )
-        model.single_row_ms = _median_ms(model, warmup_feeds(model.signature, 1), runs=7)
-        model.refuse_nan(nan_refusing_inputs(model))
+        model.single_row_ms = single_row_ms(model.signature, model.run)
+        model.refuse_nan(nan_refusing_inputs(model.signature, model.run))
         batching = self.config.batching == "on" or (
             self.config.batching == "auto" and model.single_row_ms >= self.config.batch_threshold_ms
-            and batch_helps(model, model.single_row_ms)
+            and batch_helps(model.signature, model.run, model.single_row_ms)
         )
         model.batcher = Batcher(model.run, f"{record.name}:{record.version}", batching=batching,
                                 max_rows=self.config.max_batch_rows, max_wait=self.config.max_batch_wait_ms / 1000,
@@ -250,11 +253,3 @@ class Runtime:
         for model in served.versions.values() if served else ():
             model.close()
 
-
-def _median_ms(model: LoadedModel, feeds: Feeds, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model.run(feeds)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times[1:] if runs > 1 else times)) * 1000

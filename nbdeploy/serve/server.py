@@ -35,6 +35,7 @@ from typing import Any
 
 from nbdeploy.errors import InvalidInput
 from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.connections import connection_settings
 from nbdeploy.serve.security import allowed_hosts, is_loopback, load_or_create_token
 from nbdeploy.serve.urls import browser_hosts  # behind jupyter-server-proxy the browser's Host is a hub's name
 from nbdeploy.store import Store
@@ -120,8 +121,9 @@ def serve_socket(store: Store, sock: socket.socket, host: str, log_level: str, c
     token = None if is_loopback(host) else load_or_create_token(store.home)
     app = create_app(store, config=config, sink=sink, token=token,
                      hosts=allowed_hosts(host, (*allow_hosts, *browser_hosts())))
+    limits = connection_settings(config.header_timeout_s, config.body_timeout_s, config.max_connections)
     uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="auto",
-                               http="auto", timeout_graceful_shutdown=10, server_header=False, date_header=False)
+                               timeout_graceful_shutdown=10, server_header=False, date_header=False, **limits)
     server = DrainingServer(uv_config, lambda: draining(app), config.drain_seconds)
     # uvicorn re-raises the signal it stopped on once it is done; a no-op handler lets us exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,6 +3,10 @@
 No SQL here: :class:`nbdeploy.store.log.PredictionLog` commits what a :class:`Batch` collects.
 Inputs are stored as one compact JSON array per row, in the order of the ``columns`` table
 (a row whose inputs have other names is stored as a JSON object instead).
+
+A step takes :class:`Part` s of events: a request of 200,000 rows is written as several parts of
+at most the writer's ``batch_rows`` rows, so the Python objects a step makes (one tuple, one id
+and a few small ``bytes`` per row) stay bounded however large a request was.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import bisect
 import numbers
 from collections.abc import Callable
-from itertools import repeat
-from typing import Any
+from itertools import chain, repeat
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -26,9 +30,28 @@ _EDGES = LATENCY_EDGES_MS.tolist()
 Rules = dict[str, tuple[Any, Any]]
 
 
-def row_ids(request_id: str, n: int) -> list[str]:
-    """The prediction ids of a request answered with ``n`` rows."""
-    return [request_id] if n == 1 else [f"{request_id}:{i}" for i in range(n)]
+def row_ids(request_id: str, n: int, start: int = 0, stop: int | None = None) -> list[str]:
+    """The prediction ids of a request answered with ``n`` rows (rows ``start`` to ``stop`` of them)."""
+    return [request_id] if n == 1 else [f"{request_id}:{i}" for i in range(start, n if stop is None else stop)]
+
+
+class Part(NamedTuple):
+    """Rows ``start`` to ``stop`` of an event answered with ``rows`` rows (a failed request has one)."""
+
+    event: PredictionEvent
+    start: int
+    stop: int
+    rows: int
+
+    @classmethod
+    def whole(cls, event: PredictionEvent) -> Part:
+        n = event_rows(event)
+        return cls(event, 0, n, n)
+
+
+def event_rows(e: PredictionEvent) -> int:
+    """The rows an event logs: those answered, or one for a failed request."""
+    return _rows(e) if e.status == 200 else 1
 
 
 def _json_default(value: Any) -> Any:
@@ -40,8 +63,12 @@ def _json_default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON; NaN becomes null, bytes are decoded."""
-    return orjson.dumps(value, default=_json_default)
+    """Compact JSON; NaN becomes null, bytes are decoded.
+
+    Copied into a right-sized ``bytes``: orjson's own result keeps a buffer of at least 4 KiB, so
+    a batch holding one per row would hold a thousand times what it stores.
+    """
+    return bytes(memoryview(orjson.dumps(value, default=_json_default)))
 
 
 def widen(arr: np.ndarray) -> np.ndarray:
@@ -101,11 +128,14 @@ class Batch:
     def drops(self, key: tuple[str, int, int], n: int) -> None:
         self.roll.setdefault(key, new_roll())[4] += n
 
-    def add(self, e: PredictionEvent) -> None:
-        """Queue one event for :meth:`finish`; rows keep the order of the events' groups."""
+    def add(self, part: Part | PredictionEvent) -> None:
+        """Queue a part (or a whole event) for :meth:`finish`; rows keep the order of the groups."""
+        if isinstance(part, PredictionEvent):
+            part = Part.whole(part)
+        e = part.event
         model, version, bucket = str(e.model), int(e.version), int(e.ts // BUCKET_SECONDS)
-        key = (model, version, bucket, tuple(e.inputs), tuple(e.outputs)) if e.status == 200 else (id(e),)
-        self._groups.setdefault(key, []).append(e)
+        key = (model, version, bucket, tuple(e.inputs), tuple(e.outputs)) if e.status == 200 else (id(part),)
+        self._groups.setdefault(key, []).append(part)
 
     def _failed(self, e: PredictionEvent) -> None:
         model, version, bucket = str(e.model), int(e.version), int(e.ts // BUCKET_SECONDS)
@@ -113,7 +143,8 @@ class Batch:
             inputs = dumps({k: np.asarray(v).tolist() for k, v in (e.inputs or {}).items()})
         except Exception:
             inputs = None
-        self.rows.append((e.id, e.ts, model, version, inputs, None, None, None, e.latency_ms, e.status, e.error))
+        self.rows.append((e.id, e.client_id, e.ts, model, version, inputs, None, None, None, e.latency_ms, e.status,
+                          e.error))
         r = self.roll.setdefault((model, version, bucket), new_roll())
         r[0] += 1
         r[2] += 1
@@ -121,37 +152,38 @@ class Batch:
         r[5] += float(e.latency_ms)
         r[6][bisect.bisect_right(_EDGES, e.latency_ms)] += 1
 
-    def finish(self) -> list[PredictionEvent]:
-        """Encode the grouped predictions; returns the events that could not be encoded."""
-        bad: list[PredictionEvent] = []
-        for key, events in self._groups.items():
+    def finish(self) -> list[Part]:
+        """Encode the grouped predictions; returns the parts that could not be encoded."""
+        bad: list[Part] = []
+        for key, parts in self._groups.items():
             if len(key) == 1:
-                self._failed(events[0])
+                self._failed(parts[0].event)
                 continue
             model, version, bucket = key[:3]
             try:
-                self._group(model, version, bucket, events)
+                self._group(model, version, bucket, parts)
             except Exception:  # find the culprits: encode one by one, keep the rest
-                for e in events:
+                for part in parts:
                     try:
-                        self._group(model, version, bucket, [e])
+                        self._group(model, version, bucket, [part])
                     except Exception:
-                        bad.append(e)
+                        bad.append(part)
         self._groups = {}
         return bad
 
-    def _group(self, model: str, version: int, bucket: int, events: list[PredictionEvent]) -> None:
-        """Encode events sharing inputs and outputs; nothing is kept unless all of them encode."""
-        sizes = [_rows(e) for e in events]
+    def _group(self, model: str, version: int, bucket: int, parts: list[Part]) -> None:
+        """Encode parts sharing inputs and outputs; nothing is kept unless all of them encode."""
+        sizes = [p.stop - p.start for p in parts]
         total = sum(sizes)
+        first = parts[0].event
         names: list[str] = []
         cols: list[np.ndarray] = []
-        for name in events[0].inputs:
-            arr = _stack([e.inputs[name] for e in events], sizes)
+        for name in first.inputs:
+            arr = _stack([_slice(p.event.inputs[name], p) for p in parts], sizes)
             for j in range(arr.shape[1]):
                 names.append(name if arr.shape[1] == 1 else (f"x{j}" if name == "input" else f"{name}_{j}"))
                 cols.append(arr[:, j])
-        outputs = {k: _stack([e.outputs[k] for e in events], sizes) for k in events[0].outputs}
+        outputs = {k: _stack([_slice(p.event.outputs[k], p) for p in parts], sizes) for k in first.outputs}
         label, proba = outputs.pop("label", None), outputs.pop("probabilities", None)
         labels = [None] * total if label is None else [
             v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in widen(label[:, 0]).tolist()]
@@ -160,18 +192,22 @@ class Batch:
             None] * total
         others = [dumps({k: v[i].tolist() for k, v in outputs.items()}) for i in range(total)] if outputs else [
             None] * total
-        ids = [i for e, n in zip(events, sizes, strict=True) for i in row_ids(e.id, n)]
-        ts = [e.ts for e, n in zip(events, sizes, strict=True) for _ in range(n)]
-        latency = np.array([e.latency_ms for e in events], dtype=float)
-        lat = [x for x, n in zip(latency.tolist(), sizes, strict=True) for _ in range(n)]
+        ids = [i for p in parts for i in row_ids(p.event.id, p.rows, p.start, p.stop)]
+        clients = list(chain.from_iterable(  # on the first row of a request only: feedback finds requests by it
+            ([p.event.client_id] if p.start == 0 else [None]) + [None] * (n - 1) for p, n in zip(parts, sizes,
+                                                                                                   strict=True)))
+        ts = [p.event.ts for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
+        lat = [p.event.latency_ms for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
+        starts = [p.event for p in parts if p.start == 0]  # a request counts once, with its first part
+        latency = np.array([e.latency_ms for e in starts], dtype=float)
         rules = self.rules(model, version)
         counts = [_count_array(col, rules.get(name)) for name, col in zip(names, cols, strict=True)]
         if not len(ids) == len(inputs) == len(labels) == len(probas) == total:
             raise ValueError("inputs and outputs disagree on the number of rows")
-        self.rows += zip(ids, ts, repeat(model), repeat(version), inputs, labels, probas, others, lat, repeat(200),
-                         repeat(None), strict=False)
+        self.rows += zip(ids, clients, ts, repeat(model), repeat(version), inputs, labels, probas, others, lat,
+                         repeat(200), repeat(None), strict=False)
         r = self.roll.setdefault((model, version, bucket), new_roll())
-        r[0] += len(events)
+        r[0] += len(starts)
         r[1] += total
         r[5] += float(latency.sum())
         r[6] += np.bincount(np.searchsorted(LATENCY_EDGES_MS, latency, side="right"), minlength=N_LATENCY)
@@ -195,6 +231,16 @@ def _stack(arrays: list[Any], sizes: list[int]) -> np.ndarray:
     return np.concatenate([a.reshape(n, -1) for a, n in zip(parts, sizes, strict=True)])
 
 
+def _slice(value: Any, part: Part) -> np.ndarray:
+    """A part's rows of one input or output (the whole array for a whole event)."""
+    arr = np.asarray(value)
+    if part.start == 0 and part.stop == part.rows:
+        return arr
+    if arr.ndim == 0 or len(arr) != part.rows:
+        arr = arr.reshape(part.rows, -1)
+    return arr[part.start:part.stop]
+
+
 def _rows(e: PredictionEvent) -> int:
     label = e.outputs.get("label")
     if label is not None:
@@ -203,14 +249,22 @@ def _rows(e: PredictionEvent) -> int:
     return len(np.asarray(first).reshape(-1)) if first is not None and np.ndim(first) else 1
 
 
-def _dumps_np(row: np.ndarray) -> bytes:
-    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)  # float32 keeps its short form
+def _matrix_rows(matrix: np.ndarray) -> list[bytes]:
+    """One JSON array per row of a numeric matrix, from one ``orjson.dumps`` of the whole matrix.
+
+    Numbers hold no ``],[``, so splitting the text is exact; and each slice is a right-sized
+    ``bytes``, where a small ``orjson.dumps`` result keeps a 4 KiB buffer (200,000 rows: 1.6 GB).
+    """
+    if not len(matrix):
+        return []
+    text = orjson.dumps(matrix, option=orjson.OPT_SERIALIZE_NUMPY)  # float32 keeps its short form
+    return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
 
 
 def _encode_rows(cols: list[np.ndarray], total: int, names: list[str] | None) -> list[bytes]:
     """One JSON array per row (a JSON object when ``names`` is given)."""
     if names is None and cols and len({c.dtype for c in cols}) == 1 and cols[0].dtype.kind in "fiu":
-        return [_dumps_np(row) for row in np.column_stack(cols)]
+        return _matrix_rows(np.column_stack(cols))
     lists = [widen(c).tolist() for c in cols]
     values = list(zip(*lists, strict=True)) if lists else [()] * total
     return [dumps(v) for v in values] if names is None else [dumps(dict(zip(names, v, strict=True))) for v in values]

@@ -23,7 +23,12 @@ log = logging.getLogger("nbdeploy.server")
 
 @dataclass(slots=True)
 class PredictionEvent:
-    """One request to a resolved model version, successful or refused after resolution."""
+    """One request to a resolved model version, successful or refused after resolution.
+
+    ``id`` is the log's key for the request, made by the server and unique (a request answered
+    with ``n > 1`` rows logs ``<id>:0`` … ``<id>:<n-1>``); ``client_id`` is the ``id`` the client
+    sent, if any: kept beside the key and echoed, never trusted to be unique.
+    """
 
     id: str
     ts: float  # wall-clock time the request arrived (time.time())
@@ -34,6 +39,7 @@ class PredictionEvent:
     latency_ms: float
     status: int  # the HTTP status answered
     error: str | None
+    client_id: str | None = None
 
 
 @runtime_checkable

@@ -1,7 +1,13 @@
-"""Ground truth for logged predictions: parse a feedback payload, find its predictions, record it.
+"""Ground truth for logged predictions: parse a feedback payload, resolve and judge each item, record it.
 
-Used by :meth:`nbdeploy.store.log.PredictionLog.feedback`. Light on imports (no pandas, scipy
-or scikit-learn): the server process loads it.
+Used by :meth:`nbdeploy.store.log.PredictionLog.feedback`, which reads what the log holds about
+the ids through :class:`nbdeploy.store.reader.LogReader` and owns the transaction. Light on
+imports (no pandas, scipy or scikit-learn): the server process loads it.
+
+An item's ``id`` is a prediction's key (the server's: ``<key>`` for a one-row request,
+``<key>:<row>`` for rows), or the ``id`` a client sent with its request when that names exactly
+one logged request (``<client id>`` for one row, ``<client id>:<row>`` for rows). A client id
+several logged requests share is refused with 409: only the server's keys are unique.
 """
 
 from __future__ import annotations
@@ -10,23 +16,24 @@ import math
 import numbers
 import sqlite3
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from nbdeploy.errors import InvalidInput
 
+if TYPE_CHECKING:  # the reader imports this module's neighbours; only its types are needed here
+    from nbdeploy.store.reader import LoggedPrediction
+
 MAX_ITEMS = 100_000
-MAX_ID_CHARS = 256
-_CHUNK = 500
+MAX_ID_CHARS = 256  # request ids, prediction ids and text labels alike
+MAX_LABEL_CHARS = 256
 _ROLLUP_ADD = """
 INSERT INTO rollup (model, version, bucket, labelled, correct, err_n, abs_err, sq_err) VALUES (?,?,?,?,?,?,?,?)
 ON CONFLICT (model, version, bucket) DO UPDATE SET labelled = labelled + excluded.labelled,
 correct = correct + excluded.correct, err_n = err_n + excluded.err_n, abs_err = abs_err + excluded.abs_err,
 sq_err = sq_err + excluded.sq_err"""
-
-Found = dict[str, tuple[int, str, int, float, Any, int]]  # id -> seq, model, version, ts, label, status
 
 
 def label_key(value: Any) -> str | None:
@@ -46,6 +53,14 @@ def label_key(value: Any) -> str | None:
     return str(value)
 
 
+def label_keys(values: Iterable[Any]) -> list[str | None]:
+    """:func:`label_key` of each value, worked out once per distinct value (labels repeat a few classes)."""
+    values = list(values)
+    typed = list(zip(map(type, values), values, strict=True))  # by type too: 1, 1.0 and True are equal dict keys
+    keys = {t: label_key(t[1]) for t in set(typed)}
+    return [keys[t] for t in typed]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
@@ -59,7 +74,9 @@ def _problem(item: Any) -> str | None:
     if "label" not in item:
         return "'label' is missing"
     label = item["label"]
-    if isinstance(label, (str, bool)):
+    if isinstance(label, str):
+        return None if len(label) <= MAX_LABEL_CHARS else f"'label' must be at most {MAX_LABEL_CHARS} characters"
+    if isinstance(label, bool):
         return None
     if isinstance(label, numbers.Integral):
         return None if -(2**63) <= int(label) < 2**63 else "'label' is outside the 64-bit integer range"
@@ -92,17 +109,6 @@ def parse(items: Any) -> tuple[list[tuple[int, str, Any]], list[dict[str, Any]]]
     return parsed, errors
 
 
-def lookup(db: sqlite3.Connection, ids: list[str]) -> Found:
-    """The logged predictions among ``ids``."""
-    found: Found = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        rows = db.execute(f"SELECT id, seq, model, version, ts, label, status FROM predictions "
-                          f"WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        found.update({r[0]: tuple(r[1:]) for r in rows})  # type: ignore[misc]
-    return found
-
-
 def _contribution(predicted: Any, true: Any) -> tuple[int, int, float, float]:
     """(correct, has a numeric error, |error|, error²) of one label against its prediction."""
     correct = int(label_key(predicted) == label_key(true))
@@ -112,71 +118,127 @@ def _contribution(predicted: Any, true: Any) -> tuple[int, int, float, float]:
     return correct, 0, 0.0, 0.0
 
 
-def _not_recordable(db: sqlite3.Connection, ident: str, model: str, pred: tuple | None) -> tuple[int, str] | None:
-    if pred is None:
-        several = db.execute("SELECT 1 FROM predictions WHERE id = ?", (f"{ident}:0",)).fetchone()
-        hint = f"; that request had several rows: label them as '{ident}:0', '{ident}:1', …" if several else ""
-        return 404, f"no logged prediction with id {ident!r}{hint}"
-    if pred[1] != model:
-        return 404, f"id {ident!r} is a prediction of model {pred[1]!r}, not {model!r}"
-    if pred[5] != 200:
-        return 400, f"id {ident!r} is a failed request (status {pred[5]}): it has no prediction to label"
+Problem = tuple[int, str]
+"""An item that cannot be recorded: its HTTP status and why."""
+Requests = Mapping[str, list[tuple[str, "LoggedPrediction"]]]
+"""Per client id, the logged requests that carry it: the key of each one's first row, and that row."""
+
+
+class Target(NamedTuple):
+    """The logged prediction a feedback id names, and its key."""
+
+    key: str
+    pred: LoggedPrediction
+
+
+def _row_of(ident: str) -> tuple[str, int] | None:
+    """``("abc", 2)`` for ``"abc:2"``: an id that may be a client id and a row."""
+    prefix, sep, row = ident.rpartition(":")
+    return (prefix, int(row)) if sep and prefix and row.isdigit() else None
+
+
+def client_ids(ident: str) -> list[str]:
+    """The client ids a feedback id may name a request by: itself, and ``abc`` for ``abc:2``."""
+    row = _row_of(ident)
+    return [ident] if row is None else [ident, row[0]]
+
+
+def derived_keys(ident: str, requests: Requests) -> list[str]:
+    """Keys to read for an id that is no key: the row a client id and row name, and ``<id>:0`` (for a hint)."""
+    keys = [f"{ident}:0"]
+    row = _row_of(ident)
+    named = requests.get(row[0], []) if row else []
+    if row and len(named) == 1 and named[0][0].endswith(":0"):
+        keys.append(f"{named[0][0][:-2]}:{row[1]}")
+    return keys
+
+
+def _ambiguous(ident: str, n: int) -> Problem:
+    return 409, (f"id {ident!r} is the client id of {n} logged requests, so it names no one prediction: label them "
+                 "by the prediction ids the server answered (V2 parameters.prediction_id, header X-Request-ID)")
+
+
+def resolve(ident: str, found: Mapping[str, LoggedPrediction], requests: Requests) -> Target | Problem:
+    """What one feedback id names: ``found`` holds the logged predictions by key (with those of
+    :func:`derived_keys`), ``requests`` the requests by client id (:data:`Requests`)."""
+    if ident in found:
+        return Target(ident, found[ident])
+    named = requests.get(ident, [])
+    if len(named) > 1:
+        return _ambiguous(ident, len(named))
+    if named:
+        key, pred = named[0]
+        if not key.endswith(":0"):
+            return Target(key, pred)
+        return 404, (f"request {ident!r} had several rows: label them as '{key[:-2]}:0', '{key[:-2]}:1', … "
+                     f"(or '{ident}:0', '{ident}:1', …)")
+    row = _row_of(ident)
+    named = requests.get(row[0], []) if row else []
+    if row and len(named) > 1:
+        return _ambiguous(row[0], len(named))
+    if row and named:
+        key = f"{named[0][0][:-2]}:{row[1]}" if named[0][0].endswith(":0") else None
+        if key is not None and key in found:
+            return Target(key, found[key])
+        return 404, f"request {row[0]!r} has no row {row[1]}"
+    several = f"{ident}:0" in found
+    hint = f"; that request had several rows: label them as '{ident}:0', '{ident}:1', …" if several else ""
+    return 404, f"no logged prediction with id {ident!r}{hint}"
+
+
+def _not_recordable(ident: str, model: str, pred: LoggedPrediction) -> Problem | None:
+    if pred.model != model:
+        return 404, f"id {ident!r} is a prediction of model {pred.model!r}, not {model!r}"
+    if pred.status != 200:
+        return 400, f"id {ident!r} is a failed request (status {pred.status}): it has no prediction to label"
     return None
 
 
-def record(db: sqlite3.Connection, model: str, parsed: list[tuple[int, str, Any]],
-           errors: list[dict[str, Any]], found: Found, bucket_seconds: int) -> dict[str, Any]:
-    """Write labels and their rollup contributions in one transaction, committed before returning."""
+def record(db: sqlite3.Connection, model: str, parsed: list[tuple[int, str, Any]], errors: list[dict[str, Any]],
+           targets: Mapping[str, Target | Problem], existing: dict[str, Any], bucket_seconds: int) -> dict[str, Any]:
+    """Write labels and their rollup contributions in the caller's transaction on ``db``.
+
+    ``targets``: what each item id names (:func:`resolve`). ``existing``: the labels already
+    recorded for those predictions, by key, read in the same transaction.
+    """
     errors = list(errors)
     accepted = updated = unchanged = 0
     deltas: dict[tuple[str, int, int], list[float]] = {}
     now = time.time()
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        existing: dict[str, Any] = {}
-        ids = list(dict.fromkeys(i for _, i, _ in parsed))
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            existing.update(db.execute(f"SELECT id, label FROM feedback WHERE id IN ({','.join('?' * len(chunk))})",
-                                       chunk).fetchall())
-        for index, ident, label in parsed:
-            pred = found.get(ident)
-            problem = _not_recordable(db, ident, model, pred)
-            if problem is not None or pred is None:
-                status, message = problem or (404, "")
-                errors.append({"index": index, "id": ident, "status": status, "error": message})
+    existing = dict(existing)
+    for index, ident, label in parsed:
+        target = targets[ident]
+        problem = _not_recordable(ident, model, target.pred) if isinstance(target, Target) else target
+        if problem is not None:
+            errors.append({"index": index, "id": ident, "status": problem[0], "error": problem[1]})
+            continue
+        assert isinstance(target, Target)
+        key, pred = target
+        accepted += 1
+        add = list(_contribution(pred.label, label))
+        if key in existing:
+            if label_key(existing[key]) == label_key(label):
+                unchanged += 1
                 continue
-            seq, _, version, ts, predicted, _ = pred
-            accepted += 1
-            add = list(_contribution(predicted, label))
-            if ident in existing:
-                if label_key(existing[ident]) == label_key(label):
-                    unchanged += 1
-                    continue
-                add = [a - b for a, b in zip(add, _contribution(predicted, existing[ident]), strict=True)]
-                db.execute("UPDATE feedback SET label = ?, updates = updates + 1 WHERE id = ?", (label, ident))
-                updated += 1
-                add.insert(0, 0)
-            else:
-                db.execute("INSERT INTO feedback (id, model, version, label, ts, pred_seq, pred_ts) VALUES "
-                           "(?,?,?,?,?,?,?)", (ident, model, version, label, now, seq, ts))
-                add.insert(0, 1)
-            existing[ident] = label
-            acc = deltas.setdefault((model, version, int(ts // bucket_seconds)), [0, 0, 0, 0.0, 0.0])
-            for i, value in enumerate(add):
-                acc[i] += value
-        db.executemany(_ROLLUP_ADD, [(*key, *values) for key, values in deltas.items()])
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+            add = [a - b for a, b in zip(add, _contribution(pred.label, existing[key]), strict=True)]
+            db.execute("UPDATE feedback SET label = ?, updates = updates + 1 WHERE id = ?", (label, key))
+            updated += 1
+            add.insert(0, 0)
+        else:
+            db.execute("INSERT INTO feedback (id, model, version, label, ts, pred_seq, pred_ts) VALUES "
+                       "(?,?,?,?,?,?,?)", (key, model, pred.version, label, now, pred.seq, pred.ts))
+            add.insert(0, 1)
+        existing[key] = label
+        acc = deltas.setdefault((model, pred.version, int(pred.ts // bucket_seconds)), [0, 0, 0, 0.0, 0.0])
+        for i, value in enumerate(add):
+            acc[i] += value
+    db.executemany(_ROLLUP_ADD, [(*key, *values) for key, values in deltas.items()])
     errors.sort(key=lambda e: e["index"])
     return {"accepted": accepted, "updated": updated, "unchanged": unchanged, "errors": errors}
 
 
 def status_of(result: Mapping[str, Any]) -> int:
-    """HTTP status of a feedback answer: 200 all recorded, 207 some, else the items' 4xx (400 if mixed)."""
+    """HTTP status of a feedback answer: 200 all recorded, 207 some, else the items' 4xx (400 if they differ)."""
     errors = result.get("errors") or []
     if not errors:
         return 200

@@ -1,106 +1,145 @@
 """The prediction and feedback log: ``log.db`` beside the registry, SQLite in WAL mode.
 
-A separate database file, so heavy logging never contends with the registry's writes.
+A separate database file, so heavy logging never contends with the registry's writes. The log is
+optional to the server: a file SQLite cannot read is set aside and a fresh one started (see
+:mod:`nbdeploy.store.logfile`), and if even that fails the server serves without a log, counting
+every prediction as dropped. :meth:`PredictionLog.health` says which.
 
-Predictions are queued by :meth:`PredictionLog.put` (never blocks, never raises: when the
-bounded queue is full the event is counted in ``dropped``) and committed by one writer thread
-every ``interval`` seconds (or sooner when ``batch_size`` events wait), in one transaction
-together with the rollups the monitor reads:
+Predictions are queued by :meth:`PredictionLog.put` (never blocks, never raises: beyond
+``max_queue`` requests or ``max_queue_rows`` rows waiting, the request is counted in ``dropped``)
+and committed by one writer thread every ``interval`` seconds (sooner when much waits), in
+transactions of at most ``batch_rows`` rows (a large request is split into several) together
+with the rollups the monitor reads:
 
 * ``rollup``: per model, version and ``BUCKET_SECONDS`` bucket of prediction time: requests,
-  rows, errors, a latency histogram (``LATENCY_EDGES_MS``), dropped events, and the labelled
+  rows, errors, a latency histogram (``LATENCY_EDGES_MS``), dropped requests, and the labelled
   count, correct count and absolute/squared errors that feedback adds to its prediction's bucket;
 * ``feature_rollup``: per feature, values seen, missing, outside the reference profile's
   [min, max] and categories the profile never saw (needs ``profiles``).
 
-Ids: a request answered with ``n`` rows logs ``n`` predictions, ``<request id>`` when ``n == 1``
-and ``<request id>:<row>`` otherwise (:func:`row_ids`); feedback addresses those. Ids are the
-client's to keep unique: a prediction whose id is already logged is not logged again
-(``duplicates``). A failed request logs one row with its status and error and no label.
+A database another process holds locked is retried with backoff for ``retry_seconds`` before a
+batch is dropped (and counted); a full disk drops (counted) with one warning a minute. Between
+writes the writer applies retention (:mod:`nbdeploy.store.retention`).
+
+Keys: the server makes every request's key (``PredictionEvent.id``, unique); a request answered
+with ``n`` rows logs ``n`` predictions, ``<key>`` when ``n == 1`` and ``<key>:<row>`` otherwise
+(:func:`row_ids`). The client's own id is kept beside the request's first row (``client_id``).
+Feedback addresses predictions by key, or by a client id that names exactly one logged request
+(see :func:`nbdeploy.store.labels.resolve`). A failed request logs one row with its status and
+error and no label.
 
 Feedback (:meth:`PredictionLog.feedback`) is synchronous: it commits on a ``synchronous=FULL``
-connection before it returns, so an acknowledged label survives a crash. It is idempotent by id;
-a different label for a labelled id replaces it (last write wins, counted in ``updated``).
+connection before it returns, so an acknowledged label survives a crash. It is idempotent by key;
+a different label for a labelled prediction replaces it (last write wins, counted in ``updated``).
+A database locked for longer than ``feedback_timeout_s`` answers 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
+import math
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-
-from nbdeploy.store import labels
-from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS, N_LATENCY, Batch, Rules, compile_rules, row_ids
+from nbdeploy.errors import InvalidInput, Unavailable
+from nbdeploy.store import labels, logfile, retention, writes
+from nbdeploy.store.batch import (
+    BUCKET_SECONDS,
+    LATENCY_EDGES_MS,
+    N_LATENCY,
+    Batch,
+    Part,
+    Rules,
+    compile_rules,
+    event_rows,
+    new_roll,
+    row_ids,
+)
 from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
+from nbdeploy.store.logfile import LogFile, connect
+from nbdeploy.store.reader import LOG_FILE, LogReader
 
 log = logging.getLogger("nbdeploy.log")
 
-LOG_FILE = "log.db"
 Profiles = Callable[[str, int], "dict | None"]
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, model TEXT NOT NULL,
-    version INTEGER NOT NULL, inputs BLOB, label, proba BLOB, outputs BLOB, latency_ms REAL NOT NULL,
-    status INTEGER NOT NULL, error TEXT);
-CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model, version);
-CREATE TABLE IF NOT EXISTS columns (
-    model TEXT NOT NULL, version INTEGER NOT NULL, names TEXT NOT NULL, PRIMARY KEY (model, version));
-CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY, model TEXT NOT NULL, version INTEGER NOT NULL, label, ts REAL NOT NULL,
-    pred_seq INTEGER NOT NULL, pred_ts REAL NOT NULL, updates INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version, pred_seq);
-CREATE TABLE IF NOT EXISTS rollup (
-    model TEXT NOT NULL, version INTEGER NOT NULL, bucket INTEGER NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
-    server_errors INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
-    latency_sum REAL NOT NULL DEFAULT 0, latency BLOB,
-    labelled INTEGER NOT NULL DEFAULT 0, correct INTEGER NOT NULL DEFAULT 0, err_n INTEGER NOT NULL DEFAULT 0,
-    abs_err REAL NOT NULL DEFAULT 0, sq_err REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (model, version, bucket)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS feature_rollup (
-    model TEXT NOT NULL, version INTEGER NOT NULL, bucket INTEGER NOT NULL, feature TEXT NOT NULL,
-    n INTEGER NOT NULL, missing INTEGER NOT NULL, out_of_range INTEGER NOT NULL, unseen INTEGER NOT NULL,
-    PRIMARY KEY (model, version, bucket, feature)) WITHOUT ROWID;
-"""
-_ROLLUP_UPSERT = """
-INSERT INTO rollup (model, version, bucket, requests, rows, errors, server_errors, dropped, latency_sum, latency)
-VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (model, version, bucket) DO UPDATE SET
-requests = requests + excluded.requests, rows = rows + excluded.rows, errors = errors + excluded.errors,
-server_errors = server_errors + excluded.server_errors, dropped = dropped + excluded.dropped,
-latency_sum = latency_sum + excluded.latency_sum, latency = excluded.latency"""
-_FEATURE_UPSERT = """
-INSERT INTO feature_rollup (model, version, bucket, feature, n, missing, out_of_range, unseen)
-VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (model, version, bucket, feature) DO UPDATE SET
-n = n + excluded.n, missing = missing + excluded.missing,
-out_of_range = out_of_range + excluded.out_of_range, unseen = unseen + excluded.unseen"""
-_INSERT = ("INSERT OR IGNORE INTO predictions (id, ts, model, version, inputs, label, proba, outputs, latency_ms,"
-           " status, error) VALUES ")
-ROWS_PER_INSERT = 128  # one statement step per 128 rows: the GIL is released per step, not per row
+WAKE_EVENTS = 5_000  # the writer starts early once this many requests wait
+PRUNE_EVERY_S = 5.0
+PRUNE_BUDGET_S = 0.05  # retention work between two writes, at most
+ROLLUP_PRUNE_EVERY_S = 3_600.0
+TRIM_ROWS = 50_000  # after writing this many rows, hand the freed heap back to the system
+WARN_EVERY_S = 60.0
 
 
-def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Multi-row inserts: ``executemany`` would release and retake the GIL around every row, and
-    each release hands it to the server's event loop and back (a convoy that costs the server)."""
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start:start + ROWS_PER_INSERT]
-        db.execute(_INSERT + ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)), [v for row in chunk for v in row])
+@dataclass(frozen=True)
+class LogSettings:
+    """The prediction log's settings. Each field ``x`` is also ``NBDEPLOY_LOG_X`` in the environment."""
+
+    max_age_days: float = 30.0
+    """Prediction rows (and their feedback) older than this are pruned; 0 keeps them whatever their age."""
+    max_rows: int = 5_000_000
+    """Most prediction rows kept, the oldest pruned first; 0: no limit."""
+    max_bytes: int = 0
+    """Most bytes of data the file holds, the oldest rows pruned first; 0: no limit."""
+    rollup_max_age_days: float = 400.0
+    """The monitor's per-10-second counts older than this are pruned; 0 keeps them."""
+    max_queue_rows: int = 1_000_000
+    """Rows waiting for the writer; beyond it a request is not logged (counted as dropped)."""
+    retry_seconds: float = 60.0
+    """How long the writer retries a database another process holds locked before it drops a batch."""
+    feedback_timeout_s: float = 5.0
+    """How long feedback waits for a locked database before answering 503 with Retry-After."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise InvalidInput(f"NBDEPLOY_LOG_{f.name.upper()} must be a non-negative number, got {value!r}")
+        if self.max_queue_rows < 1 or self.feedback_timeout_s <= 0:
+            raise InvalidInput("NBDEPLOY_LOG_MAX_QUEUE_ROWS and NBDEPLOY_LOG_FEEDBACK_TIMEOUT_S must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LogSettings:
+        """Defaults, then ``NBDEPLOY_LOG_<FIELD>`` variables."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"NBDEPLOY_LOG_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is float else int(float(raw))
+            except ValueError:
+                raise InvalidInput(f"NBDEPLOY_LOG_{f.name.upper()} must be a number, got {raw!r}") from None
+        return cls(**values)
 
 
-def connect(path: str | Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    return conn
+class LogUnavailable(Unavailable):
+    """The log cannot record labels now (503); ``retry_after`` seconds when waiting should help."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere there is nothing to call
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 class _Barrier(threading.Event):
@@ -113,52 +152,81 @@ class PredictionLog:
     ``profiles(model, version)`` returns a version's reference profile (or None), for the
     per-feature out-of-range/unseen counts; see :func:`registry_profiles`. With ``start=False``
     there is no writer thread: :meth:`flush` writes the queue in the calling thread.
+    ``settings`` default to :meth:`LogSettings.from_env`.
     """
 
     def __init__(self, home: str | Path, *, profiles: Profiles | None = None, max_queue: int = 50_000,
-                 batch_size: int = 5_000, interval: float = 0.05, start: bool = True) -> None:
+                 batch_rows: int = 10_000, interval: float = 0.05, start: bool = True,
+                 settings: LogSettings | None = None) -> None:
         self.path = Path(home) / LOG_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.settings = settings if settings is not None else LogSettings.from_env()
         self.profiles = profiles
-        self.max_queue, self.batch_size, self.interval = max_queue, batch_size, interval
-        self.dropped = 0  # events lost since start (queue full or a failed write); rollups keep them too
-        self.duplicates = 0  # predictions not logged because their id already was
-        self._queue: collections.deque[Any] = collections.deque()
+        self.max_queue, self.batch_rows, self.interval = max_queue, batch_rows, interval
+        self.dropped = 0  # requests not logged since start; the rollups keep them too
+        self.dropped_rows = 0  # the rows of those requests
+        self.duplicates = 0  # rows whose key was already logged (not with server-made keys); counted as dropped
+        self.pruned = 0  # prediction rows retention deleted since start
+        self._queue: collections.deque[tuple[PredictionEvent, int] | _Barrier] = collections.deque()
+        self._carry: Part | None = None  # the rest of a large request the last step did not take
+        self._rows_in = self._rows_out = 0  # rows queued and rows taken: each counted by one thread, no lock
         self._wake, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
-        self._write_lock, self._fb_lock = threading.Lock(), threading.Lock()
         self._unsaved_drops: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self._rules: dict[tuple[str, int], Rules] = {}
         self._names: dict[tuple[str, int], list[str]] = {}
-        self._names_saved: set[tuple[str, int]] = set()
+        self._names_saved: tuple[int, set[tuple[str, int]]] = (0, set())  # (file epoch, names written to it)
         self._readers = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._writer = connect(self.path)
-        self._writer.executescript(SCHEMA)
-        self._fb = connect(self.path, "FULL")  # acknowledged labels must survive a crash
+        self._reader_list: list[LogReader] = []
+        self._give_up_at = math.inf  # set by close: the writer stops retrying then
+        self._warned: dict[str, float] = {}
+        self._next_prune = self._next_rollup_prune = 0.0
+        self._since_trim = 0
+        self.file = LogFile(self.path, self.settings.feedback_timeout_s)
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="nbdeploy-log-writer", daemon=True)
             self._thread.start()
 
+    @property
+    def error(self) -> str | None:
+        """Why the log is not writing now; None while it is."""
+        return self.file.error
+
+    def health(self) -> dict[str, Any]:
+        """Whether the log is writing (``ok``), and what it lost or recovered: for readiness and ``/metrics``."""
+        f = self.file
+        return {"ok": f.ok, "error": f.error, "recoveries": f.recoveries,
+                "recovered_from": f.recovered_from.name if f.recovered_from else None,
+                "dropped": self.dropped, "queued_rows": max(self._rows_in - self._rows_out, 0)}
+
     # -- the sink ------------------------------------------------------------------------
     def put(self, event: PredictionEvent) -> None:
-        """Queue one event for the writer. Never blocks, never raises: a full queue counts a drop."""
+        """Queue one event for the writer. Never blocks, never raises: beyond the bounds it counts a drop."""
         try:
-            if len(self._queue) >= self.max_queue or self._stop.is_set():
-                self._drop([event])
+            n = event_rows(event)
+            if (self._stop.is_set() or self.file.writer is None or len(self._queue) >= self.max_queue
+                    or (self._queue and self._rows_in - self._rows_out + n > self.settings.max_queue_rows)):
+                self._drop([Part(event, 0, n, n)])
                 return
-            self._queue.append(event)
-            if len(self._queue) >= self.batch_size and not self._wake.is_set():
+            self._queue.append((event, n))
+            self._rows_in += n
+            if not self._wake.is_set() and (len(self._queue) >= WAKE_EVENTS
+                                            or self._rows_in - self._rows_out >= self.batch_rows):
                 self._wake.set()
         except Exception:  # the request path must never see a logging failure
-            self._drop([event])
+            self._drop([Part(event, 0, 1, 1)])
 
-    def _drop(self, events: Iterable[Any]) -> None:
+    def _drop(self, parts: Iterable[Part]) -> None:
+        """Count what will not be logged: a request once (with its first rows), and every row."""
         with self._lock:
-            for e in events:
-                self.dropped += 1
+            for p in parts:
+                self.dropped += p.start == 0
+                self.dropped_rows += p.stop - p.start
+                if p.start:
+                    continue
                 try:
-                    self._unsaved_drops[(str(e.model), int(e.version), int(e.ts // BUCKET_SECONDS))] += 1
+                    self._unsaved_drops[(str(p.event.model), int(p.event.version),
+                                         int(p.event.ts // BUCKET_SECONDS))] += 1
                 except Exception:
                     self._unsaved_drops[("?", 0, int(time.time() // BUCKET_SECONDS))] += 1
 
@@ -175,83 +243,187 @@ class PredictionLog:
         return barrier.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued, stop the writer and close the connections."""
+        """Commit what is queued (retrying a locked file for most of ``timeout``), stop the writer, close."""
+        self._give_up_at = time.monotonic() + 0.8 * timeout
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # stuck in SQLite: what it still holds is lost, and said so
+                lost = self._take(math.inf)[0]
+                self._drop(lost)
+                log.error("the prediction log writer did not finish in %.0f s: %d requests not logged",
+                          timeout, sum(p.start == 0 for p in lost))
+                return
         else:
             self._drain()
-        with self._fb_lock, self._write_lock:
-            for conn in (self._fb, self._writer, *self._reader_conns):
-                conn.close()
+        self.file.close()
+        for reader in self._reader_list:
+            reader.close()
 
+    # -- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            self._drain()
+            self._drain(maintain=True)
+            if self._since_trim >= TRIM_ROWS and _TRIM is not None:  # a big request's garbage back to the system
+                self._since_trim = 0
+                _TRIM(0)
         self._drain()
 
-    def _drain(self) -> None:
-        items = [self._queue.popleft() for _ in range(len(self._queue))]
-        events = [e for e in items if not isinstance(e, _Barrier)]
-        for start in range(0, max(len(events), 1), self.batch_size):
-            chunk = events[start:start + self.batch_size]
-            try:
-                self.write(chunk)
-            except Exception:
-                log.exception("cannot write %d prediction events to %s", len(chunk), self.path)
-                self._drop(chunk)
-        for barrier in items:
-            if isinstance(barrier, _Barrier):
+    def _drain(self, maintain: bool = False) -> None:
+        """Write everything queued, ``batch_rows`` rows per transaction; with ``maintain``, retention
+        between them (only the writer thread prunes: ``start=False`` logs prune on :meth:`prune`)."""
+        while True:
+            parts, barriers = self._take(self.batch_rows)
+            if parts:
+                self._commit(parts)
+            for barrier in barriers:
                 barrier.set()
+            if maintain:
+                self._maintain()
+            if not parts and not barriers:
+                break
+
+    def _take(self, budget: float) -> tuple[list[Part], list[_Barrier]]:
+        """Up to ``budget`` rows from the queue's head (the rest of a large request waits in ``_carry``)."""
+        parts: list[Part] = []
+        barriers: list[_Barrier] = []
+        rows = 0
+        while rows < budget:
+            if self._carry is not None:
+                event, start, n = self._carry.event, self._carry.start, self._carry.rows
+                self._carry = None
+            else:
+                try:
+                    item = self._queue.popleft()
+                except IndexError:
+                    break
+                if isinstance(item, _Barrier):
+                    barriers.append(item)
+                    continue
+                (event, n), start = item, 0
+            stop = int(min(n, start + budget - rows))
+            parts.append(Part(event, start, stop, n))
+            rows += stop - start
+            if stop < n:
+                self._carry = Part(event, stop, n, n)
+        self._rows_out += int(rows)
+        return parts, barriers
+
+    def _commit(self, parts: list[Part]) -> None:
+        """Encode and write one step, retrying a locked file with backoff; what cannot be written is counted."""
+        try:
+            batch, parts = self._encode(parts)
+        except Exception:
+            self._warn("encode", "cannot encode %d prediction parts; counted as dropped", len(parts), exc_info=True)
+            self._drop(parts)
+            return
+        started, delay, recovered = time.monotonic(), 0.05, False
+        while True:
+            try:
+                self._save(batch)
+                self.file.error = None
+                self._since_trim += len(batch.rows)
+                return
+            except sqlite3.Error as exc:
+                if logfile.is_corrupt(exc) and not recovered and self.file.writer is not None:
+                    self.file.recover(exc)
+                    recovered = True
+                    continue
+                limit = min(started + self.settings.retry_seconds, self._give_up_at)
+                if logfile.is_busy(exc) and time.monotonic() + delay < limit:
+                    self._warn("busy", "%s is locked by another process; retrying for up to %.0f s", self.path,
+                               self.settings.retry_seconds)
+                    time.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+                    continue
+                self.file.error = f"cannot write to {self.path}: {exc}"
+                kind = "full" if logfile.is_full(exc) else "write"
+                self._warn(kind, "%s: %d rows not logged (counted as dropped)", self.file.error, len(batch.rows))
+            except Exception:  # a bug: say so (once a minute), count, carry on
+                self._warn("bug", "cannot write %d rows to %s; counted as dropped", len(batch.rows), self.path,
+                           exc_info=True)
+            self._drop(parts)
+            return
+
+    def _warn(self, kind: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        """One warning a minute per kind of failure: a full disk must not write a line every 50 ms."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -math.inf) >= WARN_EVERY_S:
+            self._warned[kind] = now
+            log.warning(message, *args, exc_info=exc_info)
 
     # -- writing -------------------------------------------------------------------------
     def write(self, events: list[PredictionEvent]) -> None:
-        """Commit events and their rollups in one transaction (the writer's step; also for bulk loads)."""
-        with self._lock:
-            drops, self._unsaved_drops = self._unsaved_drops, collections.Counter()
-        batch = Batch(self._rules_for, self._names)
+        """Commit events and their rollups, ``batch_rows`` rows per transaction (for bulk loads and tests).
+
+        Raises what SQLite raises; events that cannot be encoded are counted as dropped.
+        """
+        step: list[Part] = []
+        rows = 0
         for event in events:
             try:
-                batch.add(event)
+                n = event_rows(event)
             except Exception:
-                log.exception("cannot encode a prediction event; counted as dropped")
-                self._drop([event])
-        for event in batch.finish():
-            log.error("cannot encode the prediction event %r; counted as dropped", getattr(event, "id", None))
-            self._drop([event])
+                self._drop([Part(event, 0, 1, 1)])
+                continue
+            start = 0
+            while True:
+                stop = min(n, start + self.batch_rows - rows)
+                step.append(Part(event, start, stop, n))
+                rows, start = rows + stop - start, stop
+                if rows >= self.batch_rows:
+                    self._save(self._encode(step)[0])
+                    step, rows = [], 0
+                if start >= n:
+                    break
+        if step:
+            self._save(self._encode(step)[0])
+
+    def _encode(self, parts: list[Part]) -> tuple[Batch, list[Part]]:
+        """The step's rows and rollups, and the parts in it (those that could not be encoded are dropped)."""
+        batch = Batch(self._rules_for, self._names)
+        for part in parts:
+            batch.add(part)
+        bad = batch.finish()
+        for part in bad:
+            log.error("cannot encode the prediction %r; counted as dropped", getattr(part.event, "id", None))
+        self._drop(bad)
+        failed = {id(p) for p in bad}
+        return batch, [p for p in parts if id(p) not in failed]
+
+    def _save(self, batch: Batch) -> None:
+        """One transaction: the batch's rows and rollups, with the drops counted since the last one."""
+        with self._lock:
+            drops, self._unsaved_drops = self._unsaved_drops, collections.Counter()
+        roll = {key: list(r) for key, r in batch.roll.items()}  # a copy: a retry must not count drops twice
         for key, n in drops.items():
-            batch.drops(key, n)
-        rows, roll = batch.rows, batch.roll
+            roll.setdefault(key, new_roll())[4] += n
+        rows = batch.rows
         if not rows and not roll:
             return
         time.sleep(0)  # let the server's event loop take the GIL between encoding and writing
-        names = [(k, n) for k, n in self._names.items() if k not in self._names_saved]
-        with self._write_lock:
-            db = self._writer
+        f = self.file
+        with f.write_lock:
             try:
-                db.execute("BEGIN IMMEDIATE")
-                before = db.total_changes
-                _insert(db, rows)
-                self.duplicates += len(rows) - (db.total_changes - before)
-                for (model, version, bucket), r in roll.items():
-                    old = db.execute("SELECT latency FROM rollup WHERE model = ? AND version = ? AND bucket = ?",
-                                     (model, version, bucket)).fetchone()
-                    hist = r[6] + (np.frombuffer(old[0], np.int64) if old and old[0] else 0)
-                    db.execute(_ROLLUP_UPSERT, (model, version, bucket, *r[:6], hist.astype(np.int64).tobytes()))
-                db.executemany(_FEATURE_UPSERT, [(*k, *v) for k, v in batch.feats.items()])
-                db.executemany("INSERT OR REPLACE INTO columns (model, version, names) VALUES (?,?,?)",
-                               [(m, v, orjson.dumps(n).decode()) for (m, v), n in names])
-                db.execute("COMMIT")
+                if f.writer is None:
+                    raise sqlite3.OperationalError(f"no prediction log: {f.error}")
+                if self._names_saved[0] != f.epoch:  # a fresh file: it has no input names yet
+                    self._names_saved = (f.epoch, set())
+                names = [(k, n) for k, n in self._names.items() if k not in self._names_saved[1]]
+                duplicates = writes.save(f.writer, rows, roll, batch.feats, names)
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
                 with self._lock:
                     self._unsaved_drops.update(drops)
                 raise
-        self._names_saved.update(k for k, _ in names)
+        self._names_saved[1].update(k for k, _ in names)
+        if duplicates:
+            with self._lock:
+                self.duplicates += duplicates
+                self.dropped += duplicates
+                self.dropped_rows += duplicates
 
     def _rules_for(self, model: str, version: int) -> Rules:
         key = (model, version)
@@ -263,33 +435,110 @@ class PredictionLog:
                 self._rules[key] = {}
         return self._rules[key]
 
+    # -- retention -----------------------------------------------------------------------
+    def _maintain(self) -> None:
+        """Retention between writes when due: a few short pruning steps, then some free pages back."""
+        now = time.monotonic()
+        if now < self._next_prune or self.file.writer is None or self._stop.is_set():
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            if self.prune(deadline=now + PRUNE_BUDGET_S):
+                self._next_prune = time.monotonic() + 0.2  # more is due: after the next write
+        except sqlite3.Error as exc:
+            if not logfile.is_busy(exc):  # busy: another worker is writing; next time
+                self._warn("prune", "cannot prune %s: %s", self.path, exc)
+
+    def prune(self, now: float | None = None, deadline: float = math.inf) -> bool:
+        """Apply retention: delete what is beyond the settings' limits, in short steps, until done or
+        ``deadline`` (``time.monotonic()``); True when more is due. The writer does it on its own."""
+        s, now = self.settings, time.time() if now is None else now
+        with self.file.write_lock:
+            db = self.file.writer
+            if db is None:
+                return False
+            while True:
+                n = retention.prune_step(db, now=now, max_age_s=s.max_age_days * 86_400,
+                                         max_rows=s.max_rows, max_bytes=s.max_bytes)
+                self.pruned += n
+                if n < retention.PRUNE_BATCH or time.monotonic() > deadline:
+                    break
+            if s.rollup_max_age_days and time.monotonic() >= self._next_rollup_prune:
+                self._next_rollup_prune = time.monotonic() + ROLLUP_PRUNE_EVERY_S
+                retention.prune_rollups(db, int((now - s.rollup_max_age_days * 86_400) // BUCKET_SECONDS))
+            retention.reclaim(db)
+        return n >= retention.PRUNE_BATCH
+
     # -- feedback ------------------------------------------------------------------------
     def feedback(self, model: str, items: Any) -> dict[str, Any]:
         """Record ground truth for logged predictions of ``model``; committed durably before it returns.
 
         ``items`` is one ``{"id": ..., "label": ...}`` or a list of them. Returns ``accepted``,
         ``updated`` (a different label replaced an earlier one: last write wins), ``unchanged``
-        and ``errors`` (``index``, ``id``, ``status`` 400/404, ``error``); :func:`feedback_status`
-        gives the HTTP status. Raises ``InvalidInput`` when the payload is not feedback at all.
+        and ``errors`` (``index``, ``id``, ``status`` 400/404/409, ``error``); :func:`feedback_status`
+        gives the HTTP status. Raises ``InvalidInput`` when the payload is not feedback at all, and
+        :class:`LogUnavailable` (503) when the database cannot take labels now.
         """
         parsed, errors = labels.parse(items)
-        ids = list(dict.fromkeys(i for _, i, _ in parsed))
-        found = labels.lookup(self._reader(), ids)
-        if len(found) < len(ids):  # a label may overtake its prediction, still in the writer's queue
-            self.flush()
-            found.update(labels.lookup(self._reader(), [i for i in ids if i not in found]))
-        if len(found) < len(ids):  # ... or in another server worker's queue: wait one of its commits
-            time.sleep(2 * self.interval)
-            found.update(labels.lookup(self._reader(), [i for i in ids if i not in found]))
-        with self._fb_lock:
-            return labels.record(self._fb, model, parsed, errors, found, BUCKET_SECONDS)
+        f = self.file
+        if f.feedback is None:
+            raise LogUnavailable(f"this server's prediction log is unavailable ({f.error}): no label recorded")
+        try:
+            targets = self._find(list(dict.fromkeys(i for _, i, _ in parsed)))
+            if not f.feedback_lock.acquire(timeout=self.settings.feedback_timeout_s):
+                raise sqlite3.OperationalError("database is locked")
+            try:
+                if f.feedback is None:
+                    raise sqlite3.OperationalError(f"no prediction log: {f.error}")
+                with writes.transaction(f.feedback) as db:
+                    keys = [t.key for t in targets.values() if isinstance(t, labels.Target)]
+                    existing = LogReader.on(db).labels(keys)  # under the write lock: another worker may label too
+                    return labels.record(db, model, parsed, errors, targets, existing, BUCKET_SECONDS)
+            finally:
+                f.feedback_lock.release()
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._readers, "conn", None)
-        if conn is None:
-            conn = self._readers.conn = connect(self.path)
-            self._reader_conns.append(conn)
-        return conn
+    def _unavailable(self, exc: sqlite3.Error) -> LogUnavailable:
+        wait = max(1, math.ceil(self.settings.feedback_timeout_s))
+        if logfile.is_busy(exc):
+            return LogUnavailable(f"the prediction log is busy (another process holds its write lock for more than "
+                                  f"{self.settings.feedback_timeout_s:g} s): no label recorded; send them again",
+                                  retry_after=wait)
+        if logfile.is_full(exc):
+            return LogUnavailable("the disk holding the prediction log is full: no label recorded", retry_after=60)
+        return LogUnavailable(f"the prediction log cannot record labels now ({exc}): no label recorded",
+                              retry_after=wait)
+
+    def _find(self, ids: list[str]) -> dict[str, labels.Target | labels.Problem]:
+        """What each feedback id names: a logged prediction by key, or by the client id of one request."""
+        reader = self._reader()
+        found = reader.predictions(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:  # a label may overtake its prediction, still in the writer's queue
+            self.flush(min(self.settings.feedback_timeout_s, 10.0))
+            found.update(reader.predictions(missing))
+            missing = [i for i in missing if i not in found]
+        requests = reader.requests_by_client(sorted({c for i in missing for c in labels.client_ids(i)}))
+        unnamed = [i for i in missing if not any(c in requests for c in labels.client_ids(i))]
+        if unnamed:  # ... or in another server worker's queue: wait one of its commits
+            time.sleep(2 * self.interval)
+            found.update(reader.predictions(unnamed))
+            requests.update(reader.requests_by_client(sorted({c for i in unnamed for c in labels.client_ids(i)})))
+        derived = {k for i in missing if i not in found for k in labels.derived_keys(i, requests)}
+        found.update(reader.predictions(sorted(derived - found.keys())))
+        return {i: labels.resolve(i, found, requests) for i in ids}
+
+    def _reader(self) -> LogReader:
+        """This thread's reader (SQLite connections are not shared between threads here)."""
+        reader = getattr(self._readers, "reader", None)
+        if reader is None or self._readers.epoch != self.file.epoch:  # a new file since: read that one
+            if reader is not None:
+                reader.close()
+            reader = self._readers.reader = LogReader(self.path.parent)
+            self._readers.epoch = self.file.epoch
+            self._reader_list.append(reader)
+        return reader
 
 
 def registry_profiles(store: Any) -> Profiles:
@@ -309,5 +558,5 @@ def open_sink(store: Any) -> PredictionLog:
 
 feedback_status = labels.status_of
 
-__all__ = ["BUCKET_SECONDS", "LATENCY_EDGES_MS", "LOG_FILE", "N_LATENCY", "PredictionLog", "connect",
-           "feedback_status", "label_key", "open_sink", "registry_profiles", "row_ids"]
+__all__ = ["BUCKET_SECONDS", "LATENCY_EDGES_MS", "LOG_FILE", "N_LATENCY", "LogSettings", "LogUnavailable",
+           "PredictionLog", "connect", "feedback_status", "label_key", "open_sink", "registry_profiles", "row_ids"]

@@ -1,10 +1,13 @@
 """The model registry: versions on disk, aliases and serving state in one SQLite database.
 
-Layout under ``home``::
+Layout under ``home`` (directories 0700, files 0600: see :mod:`nbdeploy.store.files`)::
 
     nbdeploy.db                      index, aliases, serving state (WAL mode)
     models/<name>/<version>/model.onnx
     models/<name>/<version>/model.json
+    models/<name>/<version>/...      extra files (held-out rows, the kernel-side estimator)
+
+Every file of a version is read back only if its sha256 is the one recorded when it was registered.
 
 The kernel writes here; the server reads here and reports back what it loaded. Every change
 that alters what should be served bumps ``generation`` so the server can poll one integer.
@@ -14,25 +17,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
+from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, UnknownName, did_you_mean
+from nbdeploy.store.files import private_database, private_dir, write_private
 
 PRODUCTION = "production"
 SHADOW = "shadow"  # the version that gets a copy of live traffic, answers logged, never returned
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+# Matched with fullmatch: ``$`` would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+DEFAULT_HOME = ".nbdeploy"  # beside the notebook, like MLflow's ./mlruns
+DB_FILE = "nbdeploy.db"
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -50,7 +60,7 @@ CREATE TABLE IF NOT EXISTS alias_history (
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS server (
     id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
-    port INTEGER NOT NULL, started_at REAL NOT NULL, applied INTEGER NOT NULL DEFAULT -1);
+    port INTEGER NOT NULL, started_at REAL NOT NULL, applied INTEGER NOT NULL DEFAULT -1, proc_start TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, created_at REAL NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS served (
@@ -81,10 +91,37 @@ class VersionRecord:
 
     def onnx_bytes(self) -> bytes:
         """The model file, refused unless it is the one registered (sha256)."""
-        data = self.onnx_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.sha256:
-            raise NbdeployError(f"{self.onnx_path} does not match its recorded sha256; refusing to load it", 500)
-        return data
+        return _checked(self.onnx_path, self.sha256)
+
+    def file_bytes(self, filename: str) -> bytes | None:
+        """An extra file kept with this version (``None`` if it has none), refused unless it is the
+        one registered: its sha256 is recorded in the registry when the version is stored."""
+        recorded = self.meta.get("files", {}).get(filename)
+        path = self.path / filename
+        if recorded is None:
+            if path.exists():
+                raise IntegrityError(f"{path} has no sha256 recorded in the registry, so it is not known to be "
+                                     f"the file registered with {self.name!r} version {self.version}; refusing "
+                                     "to read it (deploy the model again to store it with its checksum)")
+            return None
+        return _checked(path, recorded)
+
+
+class IntegrityError(NbdeployError):
+    """A stored file is not the one registered (changed, replaced or unrecorded): it is never read."""
+
+    status = 500
+
+
+def _checked(path: Path, sha256: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{path} is missing; it was registered with sha256 {sha256}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{path} does not match its recorded sha256; refusing to load it (it was changed "
+                             "after it was registered: deploy the model again)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -94,6 +131,7 @@ class ServerRecord:
     port: int
     started_at: float
     applied: int
+    proc_start: str | None = None  # see process_start: tells the server from a later process given its PID
 
     @property
     def url(self) -> str:
@@ -104,12 +142,21 @@ class Store:
     """One ``NBDEPLOY_HOME``. Safe to share between threads; each thread gets its connection."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.home = Path(home or os.environ.get("NBDEPLOY_HOME") or ".nbdeploy").resolve()
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "models").mkdir(exist_ok=True)
-        self.db_path = self.home / "nbdeploy.db"
+        """The store at ``home`` (default :func:`default_home`), created if there is none yet;
+        :func:`open_store` opens only an existing one."""
+        self.home = private_dir(store_path(home))
+        private_dir(self.home / "models")
+        self.db_path = private_database(self.home / DB_FILE)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a store was created (``CREATE TABLE IF NOT EXISTS`` keeps old tables)."""
+        columns = {r[1] for r in self._conn().execute("PRAGMA table_info(server)")}
+        if "proc_start" not in columns:
+            with suppress(sqlite3.OperationalError):  # another process added it first
+                self._conn().execute("ALTER TABLE server ADD COLUMN proc_start TEXT")
 
     # -- connection -------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -146,24 +193,28 @@ class Store:
                  files: dict[str, bytes] | None = None) -> int:
         """Store a new version of ``name``; returns its number. Nothing is left behind on failure.
 
-        ``files`` are extra files kept beside the model (held-out data, the kernel-side estimator).
+        ``files`` are extra files kept beside the model (held-out data, the kernel-side estimator);
+        their sha256 is recorded in ``meta["files"]``, so :meth:`VersionRecord.file_bytes` reads back
+        only what was stored here.
         """
         check_name(name)
+        files = files or {}
+        for filename in files:
+            if "/" in filename or "\\" in filename or filename.startswith((".", "model.")):
+                raise InvalidInput(f"cannot store an extra file named {filename!r}")
         sha = hashlib.sha256(onnx_bytes).hexdigest()
-        model_dir = self.home / "models" / name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=model_dir))
+        model_dir = private_dir(self.home / "models" / name)
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=model_dir))  # mkdtemp makes it 0700
         try:
             with self._tx() as db:
                 row = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
                 version = int(row[0] or 0) + 1
-                full_meta = {**meta, "name": name, "version": version, "sha256": sha}
-                (tmp / "model.onnx").write_bytes(onnx_bytes)
-                (tmp / "model.json").write_text(json.dumps(full_meta, indent=2, default=str))
-                for filename, content in (files or {}).items():
-                    if "/" in filename or filename.startswith(".") or filename.startswith("model."):
-                        raise InvalidInput(f"cannot store an extra file named {filename!r}")
-                    (tmp / filename).write_bytes(content)
+                full_meta = {**meta, "name": name, "version": version, "sha256": sha,
+                             "files": {f: hashlib.sha256(c).hexdigest() for f, c in files.items()}}
+                write_private(tmp / "model.onnx", onnx_bytes)
+                write_private(tmp / "model.json", json.dumps(full_meta, indent=2, default=str).encode())
+                for filename, content in files.items():
+                    write_private(tmp / filename, content)
                 final = model_dir / str(version)
                 if final.exists():  # left by a crash before its row was committed
                     shutil.rmtree(final)
@@ -182,14 +233,36 @@ class Store:
         return version
 
     def version(self, name: str, version: int) -> VersionRecord:
+        number = version_number(version)
+        if number is None:
+            raise InvalidInput(f"a version number is an integer or a string of ASCII digits, got {version!r}")
         row = self._conn().execute(
-            "SELECT * FROM versions WHERE name = ? AND version = ?", (name, int(version))
+            "SELECT * FROM versions WHERE name = ? AND version = ?", (name, number)
         ).fetchone()
         if row is None:
-            known = [v.version for v in self.versions(name)]
-            raise NotFound(f"model {name!r} has no version {version}"
-                           + (f"; versions: {', '.join(map(str, known))}" if known else ""))
+            raise NotFound(f"model {name!r} has no version {version}; {self._known(name)}")
         return self._record(row)
+
+    def resolve(self, name: str, ref: int | str | None = None) -> VersionRecord:
+        """The version ``ref`` names: ``None`` the ``production`` alias; an int or a string of ASCII
+        digits that version number; any other string an alias. The one place this is decided."""
+        self.require_model(name)
+        number = version_number(ref)
+        if number is not None:
+            return self.version(name, number)
+        alias = PRODUCTION if ref is None else str(ref)
+        aliases = self.aliases(name)
+        if alias not in aliases:
+            raise NotFound(f"model {name!r} has no {alias!r} alias{did_you_mean(alias, aliases)}; "
+                           f"{self._known(name)}")
+        return self.version(name, aliases[alias])
+
+    def _known(self, name: str) -> str:
+        """``versions: 1, 2; aliases: production -> 2``: what an error about ``name`` should list."""
+        listed = [str(r[0]) for r in self._conn().execute(
+            "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(self.aliases(name).items()))
+        return f"versions: {', '.join(listed) or 'none'}; aliases: {aliases or 'none'}"
 
     def versions(self, name: str) -> list[VersionRecord]:
         rows = self._conn().execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
@@ -199,12 +272,9 @@ class Store:
         return [r[0] for r in self._conn().execute("SELECT name FROM models ORDER BY name")]
 
     def require_model(self, name: str) -> None:
-        if name not in self.model_names():
-            import difflib
-
-            close = difflib.get_close_matches(name, self.model_names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise NotFound(f"no model named {name!r}{hint}")
+        names = self.model_names()
+        if name not in names:
+            raise UnknownName("model", name, names)
 
     def set_status(self, name: str, version: int, status: str) -> None:
         with self._tx() as db:
@@ -235,7 +305,7 @@ class Store:
 
         ``kind`` is ``set`` or ``rollback``: history replays as a stack, so rollbacks undo in order.
         """
-        if not ALIAS_RE.match(alias):
+        if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
             raise InvalidInput(
                 f"alias {alias!r} is not valid: use letters, digits, '-' and '_', starting with a letter"
             )
@@ -260,12 +330,6 @@ class Store:
     def aliases(self, name: str) -> dict[str, int]:
         rows = self._conn().execute("SELECT alias, version FROM aliases WHERE name = ?", (name,)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
-
-    def alias_history(self, name: str, alias: str = PRODUCTION) -> list[int]:
-        rows = self._conn().execute(
-            "SELECT version FROM alias_history WHERE name = ? AND alias = ? ORDER BY id", (name, alias)
-        ).fetchall()
-        return [int(r[0]) for r in rows]
 
     def previous_version(self, name: str, alias: str = PRODUCTION) -> int | None:
         """What a rollback of ``alias`` returns to: the stack of moves, with rollbacks popped."""
@@ -293,15 +357,18 @@ class Store:
 
     # -- what the server reports back -----------------------------------------------------
     def set_server(self, pid: int, host: str, port: int) -> None:
+        """Record the server process ``pid`` (alive: it is the caller) with its start time, so a
+        later process that is given the same PID is never taken for it."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO server (id, pid, host, port, started_at, applied) VALUES (1,?,?,?,?,-1)",
-                       (pid, host, port, time.time()))
+            db.execute("INSERT OR REPLACE INTO server (id, pid, host, port, started_at, applied, proc_start) "
+                       "VALUES (1,?,?,?,?,-1,?)", (pid, host, port, time.time(), process_start(pid)))
 
     def server(self) -> ServerRecord | None:
         row = self._conn().execute("SELECT * FROM server WHERE id = 1").fetchone()
         if row is None:
             return None
-        return ServerRecord(row["pid"], row["host"], row["port"], row["started_at"], row["applied"])
+        return ServerRecord(row["pid"], row["host"], row["port"], row["started_at"], row["applied"],
+                            row["proc_start"])
 
     def clear_server(self, pid: int) -> None:
         with self._tx() as db:
@@ -379,6 +446,71 @@ class Store:
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '-' or '_', "
                            "starting with a letter or digit")
+
+
+def version_number(ref: int | str | None) -> int | None:
+    """``ref`` as a version number (an int, or a string of ASCII digits); ``None`` when it is ``None``
+    or an alias name. Anything else (a float, a bool) is refused."""
+    if ref is None or (isinstance(ref, str) and not (ref.isascii() and ref.isdigit())):
+        return None
+    if isinstance(ref, str):
+        return int(ref)
+    if isinstance(ref, numbers.Integral) and not isinstance(ref, bool):
+        return int(ref)
+    raise InvalidInput(f"a version is a number or an alias name, got {ref!r}")
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as an opaque string; ``None`` if there is no such process.
+
+    A PID is reused once its process is gone; the PID and its start time together name one process.
+    Linux: the boot id and field 22 of ``/proc/PID/stat`` (clock ticks since boot); elsewhere the
+    start time ``ps`` reports.
+    """
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():
+        try:
+            stat = (proc / str(pid) / "stat").read_bytes()
+            boot = (proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        except OSError:
+            return None
+        # field 2 (the command name) is in parentheses and may hold spaces: count after the last ')'
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return f"{boot}:{fields[19].decode()}"  # fields[0] is field 3, so field 22 is fields[19]
+    try:
+        done = subprocess.run(["ps", "-o", "lstart=", "-p", str(int(pid))], capture_output=True, text=True,
+                              timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def default_home() -> Path:
+    """The store used when none is named: ``$NBDEPLOY_HOME``, else ``./.nbdeploy``."""
+    configured = os.environ.get("NBDEPLOY_HOME")
+    return _directory(configured, "NBDEPLOY_HOME") if configured else Path(DEFAULT_HOME).resolve()
+
+
+def store_path(home: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of the store ``home`` names (default :func:`default_home`)."""
+    return _directory(os.fspath(home), "home") if home else default_home()
+
+
+def _directory(text: str, source: str) -> Path:
+    """A store directory; a URL is refused rather than becoming a relative directory named after it."""
+    url = URL_RE.match(text)
+    if url:  # name only the scheme: a database URL may carry a password
+        raise InvalidInput(f"{source} is a {url.group(0)} URL: stores at a URL (a database backend) are not "
+                           "supported yet; give a directory")
+    return Path(text).expanduser().resolve()
+
+
+def open_store(home: str | os.PathLike[str] | None = None) -> Store:
+    """The existing store at ``home`` (default :func:`default_home`); never creates one."""
+    path = store_path(home)
+    if not (path / DB_FILE).is_file():
+        raise NotFound(f"no nbdeploy store at {path} (pass home=, or set NBDEPLOY_HOME)")
+    return Store(path)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from model_matrix.cases import dataset, tumour_pipeline
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression, Ridge
 
 import nbdeploy
@@ -21,12 +20,27 @@ def tumours():
     return X_train, X_test, y_train, y_test, tumour_pipeline().fit(X_train, y_train)
 
 
+class Overconfident(LogisticRegression):
+    """Sharper probabilities than the logistic converter it is registered with computes (labels agree)."""
+
+    def predict_proba(self, X):
+        p = super().predict_proba(X) ** 2
+        return p / p.sum(axis=1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
-def isotonic():
-    """skl2onnx's isotonic calibration is not faithful: a model no conversion gets right."""
+def unfaithful():
+    """A model no conversion gets right: its registered converter computes something else."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.operator_converters.linear_classifier import convert_sklearn_linear_classifier
+    from skl2onnx.shape_calculators.linear_classifier import calculate_linear_classifier_output_shapes
+
+    update_registered_converter(Overconfident, "NbdeployTestOverconfident", calculate_linear_classifier_output_shapes,
+                                convert_sklearn_linear_classifier,
+                                options={"zipmap": [True, False, "columns"], "nocl": [True, False],
+                                         "raw_scores": [True, False]})
     X_train, X_test, y_train, _ = dataset("breast_cancer")
-    model = CalibratedClassifierCV(LogisticRegression(max_iter=5000), method="isotonic", cv=3)
-    return X_train, X_test, model.fit(X_train, y_train)
+    return X_train, X_test, Overconfident(max_iter=5000).fit(X_train, y_train)
 
 
 def test_single_precision_failing_selects_double_precision_by_itself(tumours) -> None:
@@ -45,8 +59,8 @@ def test_the_gate_is_configurable(tumours) -> None:
     assert report.thresholds == {"min_agreement": 0.999, "max_proba_diff": 0.5}
 
 
-def test_no_faithful_conversion_is_refused_with_the_worst_rows(isotonic) -> None:
-    X_train, X_test, model = isotonic
+def test_no_faithful_conversion_is_refused_with_the_worst_rows(unfaithful) -> None:
+    X_train, X_test, model = unfaithful
     with pytest.raises(FidelityRefused) as caught:
         gated_conversion(model, X_train, X_test, measure_latency=False)
     message = caught.value.message
@@ -60,8 +74,8 @@ def test_no_faithful_conversion_is_refused_with_the_worst_rows(isotonic) -> None
     assert diffs == sorted(diffs, reverse=True)  # worst first (rows whose label differs come before all)
 
 
-def test_force_returns_the_best_conversion_with_its_figures(isotonic) -> None:
-    X_train, X_test, model = isotonic
+def test_force_returns_the_best_conversion_with_its_figures(unfaithful) -> None:
+    X_train, X_test, model = unfaithful
     converted, report = gated_conversion(model, X_train, X_test, force=True)
     assert report.forced and not report.passed and "deployed anyway" in report.note
     assert report.summary().startswith("FAILED, deployed with force")
@@ -126,15 +140,15 @@ def test_the_mixed_frame_deploys_from_the_magic_with_no_option(tumours, tmp_path
 
 
 @pytest.mark.server
-def test_a_refused_deploy_stores_nothing_and_force_records_the_figures(isotonic, tmp_path) -> None:
-    X_train, X_test, model = isotonic
+def test_a_refused_deploy_stores_nothing_and_force_records_the_figures(unfaithful, tmp_path) -> None:
+    X_train, X_test, model = unfaithful
     home = str(tmp_path)
     with pytest.raises(FidelityRefused):
-        nbdeploy.deploy(model, X_train, name="iso", test=X_test, home=home)
+        nbdeploy.deploy(model, X_train, name="sharp", test=X_test, home=home)
     assert Store(home).model_names() == []
     try:
-        dep = nbdeploy.deploy(model, X_train, name="iso", test=X_test, home=home, force=True)
-        fidelity = Store(home).version("iso", dep.version).meta["fidelity"]
+        dep = nbdeploy.deploy(model, X_train, name="sharp", test=X_test, home=home, force=True)
+        fidelity = Store(home).version("sharp", dep.version).meta["fidelity"]
         assert fidelity["forced"] and not fidelity["passed"] and fidelity["worst_rows"]
         np.testing.assert_allclose(dep.predict_proba(X_test[:5]),
                                    onnx_predictions_for(dep, X_test[:5]), atol=1e-6)

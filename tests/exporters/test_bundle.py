@@ -100,7 +100,8 @@ def test_version_and_alias(source, out, tmp_path):
     ({"to": "tirton"}, InvalidInput, "unknown export format 'tirton' (did you mean 'triton'?); formats: bundle"),
     ({"name": "irsi"}, NotFound, "no model named 'irsi' (did you mean 'iris'?)"),
     ({"version": 9}, NotFound, "model 'iris' has no version 9; versions: 1, 2"),
-    ({"version": "canary"}, NotFound, "has no 'canary' alias (aliases: production)"),
+    ({"version": "canary"}, NotFound, "has no 'canary' alias; versions: 1, 2; aliases: production -> 2"),
+    ({"version": 2.0}, InvalidInput, "a version is a number or an alias name, got 2.0"),
 ])
 def test_errors_leave_nothing_behind(source, out, kwargs, error, message):
     args = {"name": "iris", "to": "bundle", **kwargs}

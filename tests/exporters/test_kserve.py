@@ -54,3 +54,17 @@ def test_readme_has_the_cluster_commands(source, out):
 def test_kubernetes_names(name, service, label):
     assert service_name(name) == service and DNS_1123.match(service)
     assert label_value(name) == label
+
+
+def test_the_serving_container_runs_locked_down(source, out):
+    path = nbdeploy.export("iris", "kserve", out, home=source["home"])
+    predictor = yaml.safe_load((path / "inference-service.yaml").read_text())["spec"]["predictor"]
+    context = predictor["model"]["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] == 1000  # tritonserver's own user, not root
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the one writable place a read-only root leaves: an in-memory /tmp
+    (mount,) = predictor["model"]["volumeMounts"]
+    (volume,) = predictor["volumes"]
+    assert mount == {"name": volume["name"], "mountPath": "/tmp"} and volume["emptyDir"]["medium"] == "Memory"
+    assert "uid 1000" in (path / "README.md").read_text()

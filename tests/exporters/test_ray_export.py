@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import nbdeploy
+import nbdeploy.exporters
 from nbdeploy.serve.ray import IMPORT_PATH, MAX_ONGOING_REQUESTS
 
 
@@ -37,3 +40,15 @@ def test_readme_has_the_cluster_commands(source, out):
     for command in ("serve deploy serve-config.yaml", "pip install --no-deps wheels/*.whl",
                     "/v2/models/iris/infer -d @request.json", "private network"):
         assert command in text, command
+
+
+def test_hashes_keep_ray_out_of_the_hashed_requirements(source, out, monkeypatch):
+    from nbdeploy.exporters import packaging
+
+    monkeypatch.setattr(packaging, "pinned_hashes", lambda pins: {
+        canonicalize_name(Requirement(p).name): ["0" * 64] for p in pins})
+    path = nbdeploy.exporters.export("iris", "ray", out, home=source["home"], hashes=True)
+    text = (path / "README.md").read_text()
+    assert "pip install --require-hashes --only-binary=:all: -r requirements.txt\n   pip install 'ray[serve]" in text
+    assert "ray" not in {Requirement(line.split()[0]).name for line in (path / "requirements.txt").read_text()
+                         .splitlines() if line and not line.startswith(("#", " "))}

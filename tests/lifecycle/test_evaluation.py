@@ -398,7 +398,7 @@ def test_the_package_level_names_stay_functions_after_every_module_is_imported()
     import nbdeploy
 
     for info in pkgutil.walk_packages(nbdeploy.__path__, "nbdeploy."):
-        if not info.name.startswith(("nbdeploy.convert.boosters")):
+        if not info.name.startswith("nbdeploy.convert.boosters"):
             importlib.import_module(info.name)
     for name in nbdeploy.__all__:
         if name != "__version__":

@@ -105,9 +105,16 @@ def test_the_gate_can_be_loosened_or_tightened(registry):
     nbdeploy.promote("cancer", 3, home=home)
 
 
-def test_evaluate_a_stored_version_as_served(registry):
-    run = registry["runs"]["better"]
-    result = nbdeploy.api.evaluate_stored("cancer", run.X_test, run.y_test, version=3, home=registry["home"])
-    assert result.score == pytest.approx(run.score, abs=1e-9)
+def test_test_a_stored_version_as_served_or_a_fitted_model(registry):
+    run, home = registry["runs"]["better"], registry["home"]
+    for version in (3, "3", None, "production"):
+        result = nbdeploy.api.test("cancer", run.X_test, run.y_test, version=version, home=home)
+        assert result.score == pytest.approx(run.score, abs=1e-9)
+    fitted = nbdeploy.api.test(run.model, run.X_test, run.y_test, name="better")
+    assert fitted.score == pytest.approx(run.score, abs=1e-9)
     with pytest.raises(NotFound, match="did you mean 'cancer'"):
-        nbdeploy.api.evaluate_stored("cancr", run.X_test, run.y_test, home=registry["home"])
+        nbdeploy.api.test("cancr", run.X_test, run.y_test, home=home)
+    with pytest.raises(NotFound, match="no 'canary' alias"):
+        nbdeploy.api.test("cancer", run.X_test, run.y_test, version="canary", home=home)
+    with pytest.raises(InvalidInput, match="applies to a stored model"):
+        nbdeploy.api.test(run.model, run.X_test, run.y_test, version=3)

@@ -57,6 +57,7 @@ def test_retrain_with_feedback_is_promoted_and_accuracy_recovers(drifted):
     pid = Store(home).server().pid
     without = nbdeploy.retrain("bend", home=home)  # training rows only: not promoted
     assert not without.promoted and without.n_feedback_train == 0
+    assert "not promoted: " in without.summary()
     assert dep.version == 1
     result = nbdeploy.retrain("bend", with_feedback=True, promote=True, home=home)
     assert result.promoted and result.decision.passed and result.version == 3
@@ -81,7 +82,9 @@ def test_retrain_without_any_training_data_says_what_to_pass(tmp_path):
     try:
         with pytest.raises(InvalidInput, match=r"pass data=\(X, y\)"):
             nbdeploy.retrain("plain", home=str(tmp_path))
-        result = nbdeploy.retrain("plain", data=(X, y), home=str(tmp_path))
+        result = nbdeploy.retrain("plain", data=(X, y), promote=True, home=str(tmp_path))
         assert result.version == 2 and not result.promoted and result.decision is None
+        assert "no recent labelled traffic to judge it on" in result.summary()
+        assert nbdeploy.get("plain", home=str(tmp_path)).version == 1
     finally:
         nbdeploy.shutdown(str(tmp_path))

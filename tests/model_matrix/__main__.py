@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row.case:28} {row.status:11} {row.precision:5} {row.seconds:5.1f}s {row.detail}", file=sys.stderr)
     s = summary(rows)
-    print(f"{s['as_expected']} of {s['ran']} rows as expected ({s['passed']} passed, {s['refused']} refused); "
-          f"worst diff {s['worst_diff']}", file=sys.stderr)
+    print(f"{s['as_expected']} of {s['ran']} rows as expected ({s['passed']} passed, {s['refused']} refused by the "
+          f"gate, {s['unsupported']} before converting); worst diff {s['worst_diff']}, lowest agreement "
+          f"{s['lowest_agreement']}", file=sys.stderr)
     if args.check:
         problems = stale(rows, Path(args.check).read_text())
         for p in problems:

@@ -1,7 +1,9 @@
 """The coverage matrix: estimators and pipelines nbdeploy deploys, on data scikit-learn ships.
 
 Every case is small (a few hundred rows, 20 trees) so the whole matrix runs through a real server
-in about a minute; the data is in :mod:`model_matrix.data`.
+in about a minute; the data is in :mod:`model_matrix.data`. Rows come first as users write them
+without options (``OneHotEncoder()``, ``HistGradientBoosting*`` on pandas categories, forests with an
+even number of trees, whose held-out rows include exact ties), then with options.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from model_matrix.data import TUMOUR_NUMBERS, dataset
 
@@ -23,7 +27,7 @@ class Case:
     dataset: str
     build: Callable[[], Any]
     requires: str | None = None  # optional library (lightgbm, xgboost)
-    expect: str = "passed"  # or "refused": the fidelity gate must stop it
+    expect: str = "passed"  # "refused": the fidelity gate must stop it; "unsupported": refused before converting
 
 
 def tumour_pipeline() -> Any:
@@ -71,6 +75,70 @@ def _text_prep() -> Any:
                               ("category", OneHotEncoder(handle_unknown="ignore"), ["category"])])
 
 
+def _encoded_prep(encoder: Any) -> Any:
+    """The mixed frame's numbers imputed and scaled, its text and category columns through ``encoder``."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["age", "income", "visits"]),
+        ("cat", encoder, ["city", "plan", "tier"]),
+    ])
+
+
+def _selected_prep() -> Any:
+    """Columns chosen by dtype with make_column_selector, as notebooks often do."""
+    from sklearn.compose import ColumnTransformer, make_column_selector
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return ColumnTransformer([
+        ("num", make_pipeline(SimpleImputer(), StandardScaler()), make_column_selector(dtype_include="number")),
+        ("cat", OneHotEncoder(handle_unknown="ignore"),
+         make_column_selector(dtype_include=["object", "string", "category"])),
+    ])
+
+
+def _log_prep(func: Any) -> Any:
+    """``FunctionTransformer(func)`` on the skewed columns, the rest imputed or one-hot encoded."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    return ColumnTransformer([
+        ("log", FunctionTransformer(func), ["income", "visits"]),
+        ("age", SimpleImputer(strategy="median"), ["age"]),
+        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan", "tier"]),
+    ])
+
+
+def _categorical_mask_hgb() -> Any:
+    """Categories ordinal-encoded first, then declared categorical by position (scikit-learn's own example)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    prep = ColumnTransformer([("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                               ["city", "plan", "tier"]), ("num", "passthrough", ["age", "income", "visits"])])
+    model = HistGradientBoostingClassifier(max_iter=20, categorical_features=[0, 1, 2], random_state=0)
+    return Pipeline([("prep", prep), ("model", model)])
+
+
+def _passthrough_hgb() -> Any:
+    """Encode the text columns, pass every other column through as it is."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.preprocessing import OneHotEncoder
+
+    prep = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["clinic", "scanner"])],
+                             remainder="passthrough")
+    return _pipe(prep, HistGradientBoostingClassifier(max_iter=20, random_state=0))
+
+
 def _pipe(*steps: Any) -> Any:
     from sklearn.pipeline import make_pipeline
 
@@ -80,8 +148,9 @@ def _pipe(*steps: Any) -> Any:
 def cases() -> list[Case]:
     """The matrix rows, in the order the docs show them."""
     from sklearn import calibration, cluster, ensemble, linear_model, naive_bayes, neighbors, neural_network, svm, tree
+    from sklearn import preprocessing as pp
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import MinMaxScaler, PolynomialFeatures, StandardScaler
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, PolynomialFeatures, StandardScaler
 
     e, lm = ensemble, linear_model
     rows = [
@@ -102,8 +171,10 @@ def cases() -> list[Case]:
              lambda: tree.DecisionTreeRegressor(max_depth=6, random_state=0)),
         Case("wine-forest", "forest", "RandomForestClassifier(20)", "wine-df",
              lambda: e.RandomForestClassifier(n_estimators=20, random_state=0)),
-        Case("cancer-extra-trees", "forest", "ExtraTreesClassifier(20)", "breast_cancer",
+        Case("cancer-extra-trees", "forest", "ExtraTreesClassifier(20) (exact ties)", "breast_cancer",
              lambda: e.ExtraTreesClassifier(n_estimators=20, random_state=0)),
+        Case("cancer-forest-10", "forest", "RandomForestClassifier(10) (exact ties)", "breast_cancer-df",
+             lambda: e.RandomForestClassifier(n_estimators=10, random_state=0)),
         Case("diabetes-forest", "forest", "RandomForestRegressor(20)", "diabetes-df",
              lambda: e.RandomForestRegressor(n_estimators=20, random_state=0)),
         Case("iris-gboost", "boosting", "GradientBoostingClassifier(20)", "iris",
@@ -117,12 +188,25 @@ def cases() -> list[Case]:
         Case("cancer-nan-impute-hgb", "boosting", "SimpleImputer(median) + StandardScaler + HistGradientBoosting(20)",
              "breast_cancer-nan", lambda: _pipe(_imputer(), StandardScaler(),
                                                 e.HistGradientBoostingClassifier(max_iter=20, random_state=0))),
+        Case("mixed-cat-hgb", "boosting", "HistGradientBoostingClassifier(20) on pandas categories", "mixed-cat",
+             lambda: e.HistGradientBoostingClassifier(max_iter=20, random_state=0)),
+        Case("mixed-cat-hgb-reg", "boosting", "HistGradientBoostingRegressor(20) on pandas categories",
+             "mixed-cat-reg", lambda: e.HistGradientBoostingRegressor(max_iter=20, random_state=0)),
+        Case("mixed-hgb-categorical-mask", "boosting",
+             "OrdinalEncoder + HistGradientBoosting(20, categorical_features=[0, 1, 2])", "mixed",
+             _categorical_mask_hgb),
+        Case("mixed-nullable-hgb", "boosting", "HistGradientBoosting(20) on nullable Int64/boolean with pd.NA",
+             "mixed-numbers", lambda: e.HistGradientBoostingClassifier(max_iter=20, random_state=0)),
         Case("wine-svc", "svm", "StandardScaler + SVC (labels only)", "wine-df",
              lambda: _pipe(StandardScaler(), svm.SVC())),
         Case("cancer-linear-svc", "svm", "StandardScaler + LinearSVC (labels only)", "breast_cancer",
              lambda: _pipe(StandardScaler(), svm.LinearSVC())),
         Case("diabetes-svr", "svm", "StandardScaler + SVR", "diabetes", lambda: _pipe(StandardScaler(), svm.SVR(C=50))),
         Case("iris-knn", "k-NN", "KNeighborsClassifier", "iris-df", lambda: neighbors.KNeighborsClassifier()),
+        Case("cancer-knn-4", "k-NN", "KNeighborsClassifier(4) (exact ties)", "breast_cancer-df",
+             lambda: neighbors.KNeighborsClassifier(n_neighbors=4)),
+        Case("cancer-knn-distance", "k-NN", "KNeighborsClassifier(weights='distance')", "breast_cancer-df",
+             lambda: neighbors.KNeighborsClassifier(weights="distance")),
         Case("diabetes-knn", "k-NN", "StandardScaler + KNeighborsRegressor", "diabetes",
              lambda: _pipe(StandardScaler(), neighbors.KNeighborsRegressor())),
         Case("wine-gaussian-nb", "naive Bayes", "GaussianNB", "wine", lambda: naive_bayes.GaussianNB()),
@@ -139,7 +223,11 @@ def cases() -> list[Case]:
                                                         cv=3)),
         Case("cancer-calibrated-isotonic", "calibration", "CalibratedClassifierCV(LogisticRegression, isotonic)",
              "breast_cancer", lambda: calibration.CalibratedClassifierCV(lm.LogisticRegression(max_iter=5000),
-                                                                         method="isotonic", cv=3), expect="refused"),
+                                                                         method="isotonic", cv=3)),
+        Case("wine-calibrated-isotonic-pipeline", "calibration",
+             "CalibratedClassifierCV(StandardScaler + LinearSVC, isotonic)", "wine-df",
+             lambda: calibration.CalibratedClassifierCV(_pipe(StandardScaler(), svm.LinearSVC()), method="isotonic",
+                                                        cv=3)),
         Case("iris-kmeans", "clustering", "KMeans(3) (cluster labels)", "iris-df",
              lambda: cluster.KMeans(n_clusters=3, n_init=3, random_state=0)),
         Case("tumours-impute-hgb", "pipeline", "ColumnTransformer(imputer, scaler, OneHotEncoder, bool) + HGB(50)",
@@ -158,6 +246,39 @@ def cases() -> list[Case]:
         Case("reviews-tfidf-logreg", "pipeline", "ColumnTransformer(TfidfVectorizer, MinMaxScaler, OneHotEncoder) "
              "+ LogisticRegression", "reviews",
              lambda: Pipeline([("prep", _text_prep()), ("model", lm.LogisticRegression(max_iter=1000))])),
+        Case("mixed-onehot-default", "preprocessing", "ColumnTransformer(OneHotEncoder()) + LogisticRegression",
+             "mixed", lambda: _pipe(_encoded_prep(OneHotEncoder()), lm.LogisticRegression(max_iter=1000))),
+        Case("mixed-ordinal-default", "preprocessing", "ColumnTransformer(OrdinalEncoder()) + HGB(20)", "mixed",
+             lambda: _pipe(_encoded_prep(pp.OrdinalEncoder()),
+                           e.HistGradientBoostingClassifier(max_iter=20, random_state=0))),
+        Case("mixed-target-encoder", "preprocessing", "ColumnTransformer(TargetEncoder()) + LogisticRegression",
+             "mixed", lambda: _pipe(_encoded_prep(pp.TargetEncoder()), lm.LogisticRegression(max_iter=1000))),
+        Case("cancer-kbins", "preprocessing", "KBinsDiscretizer() + LogisticRegression", "breast_cancer-df",
+             lambda: _pipe(pp.KBinsDiscretizer(), lm.LogisticRegression(max_iter=1000))),
+        Case("diabetes-spline", "preprocessing", "SplineTransformer() + Ridge", "diabetes-df",
+             lambda: _pipe(pp.SplineTransformer(), lm.Ridge())),
+        Case("diabetes-spline-periodic", "preprocessing", "SplineTransformer(extrapolation='periodic') + Ridge",
+             "diabetes-df", lambda: _pipe(pp.SplineTransformer(extrapolation="periodic"), lm.Ridge()),
+             expect="unsupported"),
+        Case("diabetes-power", "preprocessing", "PowerTransformer() + Ridge", "diabetes-df",
+             lambda: _pipe(pp.PowerTransformer(), lm.Ridge())),
+        Case("cancer-quantile", "preprocessing", "QuantileTransformer(n_quantiles=200) + LogisticRegression",
+             "breast_cancer-df", lambda: _pipe(pp.QuantileTransformer(n_quantiles=200),
+                                               lm.LogisticRegression(max_iter=1000))),
+        Case("cancer-quantile-normal", "preprocessing", "QuantileTransformer(output_distribution='normal') + LR",
+             "breast_cancer-df", lambda: _pipe(pp.QuantileTransformer(n_quantiles=200, output_distribution="normal"),
+                                               lm.LogisticRegression(max_iter=1000)), expect="unsupported"),
+        Case("mixed-log1p", "preprocessing", "ColumnTransformer(FunctionTransformer(np.log1p)) + Ridge", "mixed-reg",
+             lambda: _pipe(_log_prep(np.log1p), lm.Ridge())),
+        Case("mixed-lambda", "preprocessing", "ColumnTransformer(FunctionTransformer(lambda)) + Ridge", "mixed-reg",
+             lambda: _pipe(_log_prep(lambda x: np.log(x + 1)), lm.Ridge()), expect="unsupported"),
+        Case("tumours-passthrough-hgb", "pipeline",
+             "ColumnTransformer(OneHotEncoder, remainder='passthrough') + HGB(20)", "tumours", _passthrough_hgb),
+        Case("mixed-selector-logreg", "pipeline", "ColumnTransformer(make_column_selector) + LogisticRegression",
+             "mixed", lambda: _pipe(_selected_prep(), lm.LogisticRegression(max_iter=1000))),
+        Case("mixed-set-output", "pipeline", "set_output(transform='pandas') pipeline + LogisticRegression", "mixed",
+             lambda: _pipe(_encoded_prep(OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                           lm.LogisticRegression(max_iter=1000)).set_output(transform="pandas")),
         Case("mixed-lightgbm", "boosting", "ColumnTransformer + LGBMClassifier(20)", "mixed", _lightgbm, "lightgbm"),
         Case("diabetes-xgboost", "boosting", "XGBRegressor(20)", "diabetes", _xgboost, "xgboost"),
         Case("wine-xgboost", "boosting", "XGBClassifier(20)", "wine-df", _xgboost_classifier, "xgboost"),

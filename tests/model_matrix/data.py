@@ -2,7 +2,10 @@
 
 Bundled (no download): iris, wine, breast cancer, diabetes, digits. Generated: frames with the column
 types notebooks hold (floats with NaN, ints, strings with missing values, pandas categories, nullable
-ints and booleans, bools, free text). Every split is fixed, so the matrix gives the same rows each run.
+ints and booleans, bools, free text); ``mixed-cat`` is the ``mixed`` frame with its text columns as
+pandas categories, what HistGradientBoosting splits on natively, ``mixed-numbers`` its columns that
+are not text; a ``-reg`` suffix asks for the numeric target. Every split is fixed, so the matrix gives
+the same rows each run.
 """
 
 from __future__ import annotations
@@ -121,6 +124,10 @@ def _generated(name: str) -> Split:
         X, y = reviews()
     else:
         X, y_class, y_value = mixed_frame()
-        y = y_value if name == "mixed-reg" else y_class
+        y = y_value if name.endswith("-reg") else y_class
+        if name.startswith("mixed-cat"):  # the text columns as pandas categories (missing values kept)
+            X = X.astype({"city": "category", "plan": "category"})
+        elif name == "mixed-numbers":  # floats with NaN, ints, bools, nullable Int64 and boolean with pd.NA
+            X = X[["age", "income", "visits", "active", "referrals", "newsletter"]]
     stratify = y if name == "tumours" else None
     return tuple(train_test_split(X, y, test_size=0.3, random_state=0, stratify=stratify))  # type: ignore[return-value]

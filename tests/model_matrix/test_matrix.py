@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from model_matrix import Row, cases, run_case, stale
-from model_matrix.run import COMMAND, render, summary
 
 import nbdeploy
+from model_matrix import Row, cases, run_case, stale
+from model_matrix.run import COMMAND, render, summary
 
 pytestmark = pytest.mark.server
 

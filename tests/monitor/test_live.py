@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -188,21 +189,38 @@ def test_context_comes_from_the_store_production_version(tmp_path: Path, log: Pr
     assert snap["quality"]["baseline"] == {"accuracy": 0.99} and snap["drift"]["n"] == 40
 
 
-def test_snapshots_render_as_prometheus_gauges(tmp_path: Path, log: PredictionLog) -> None:
-    from nbdeploy.serve.monitoring import prometheus_lines
+def gauges(text: str) -> dict[tuple[str, frozenset], float]:
+    """Samples of a Prometheus text exposition, by name and label set (whatever the label order or number format)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, labels, value = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line).groups()
+            out[(name, frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)))] = float(value)
+    return out
 
+
+def sample(name: str, **labels: str) -> tuple[str, frozenset]:
+    return name, frozenset({"model": "m", "version": "1", **labels}.items())
+
+
+def test_snapshots_render_as_prometheus_gauges(tmp_path: Path, log: PredictionLog) -> None:
+    from nbdeploy.serve.monitoring import ServerMonitors
+
+    store = Store(tmp_path)
+    store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE,
+                                  "baseline": {"accuracy": 0.9}})
     ids = classify(log, 60, start=time.time() - 10, shift=4.0, colour="green")
     log.feedback("m", [{"id": i, "label": 0} for i in ids])
-    lines = prometheus_lines([monitor(tmp_path).snapshot()])
-    text = "\n".join(lines)
+    text = ServerMonitors(store, version=1).text(["m"])
     assert text.count("# TYPE nbdeploy_monitor_alert_level gauge") == 1
-    assert 'nbdeploy_monitor_alert_level{model="m",version="1"} 2' in lines
-    assert 'nbdeploy_monitor_baseline{model="m",version="1",metric="accuracy"} 0.9' in lines
-    assert 'nbdeploy_monitor_labelled{model="m",version="1"} 60' in lines
-    assert 'nbdeploy_monitor_inputs_unseen{model="m",version="1",feature="colour"} 60' in lines
-    assert 'nbdeploy_monitor_drift_level{model="m",version="1",feature="x"} 2' in lines
-    assert any(line.startswith('nbdeploy_monitor_quality{model="m",version="1",metric="accuracy"}') for line in lines)
-    assert prometheus_lines([]) == []
+    found = gauges(text)
+    assert found[sample("nbdeploy_monitor_alert_level")] == 2
+    assert found[sample("nbdeploy_monitor_baseline", metric="accuracy")] == 0.9
+    assert found[sample("nbdeploy_monitor_labelled")] == 60
+    assert found[sample("nbdeploy_monitor_inputs_unseen", feature="colour")] == 60
+    assert found[sample("nbdeploy_monitor_drift_level", feature="x")] == 2
+    assert sample("nbdeploy_monitor_quality", metric="accuracy") in found
+    assert ServerMonitors(store).text([]) == ""
 
 
 def test_server_monitors_render_every_served_model(tmp_path: Path, log: PredictionLog) -> None:
@@ -213,9 +231,9 @@ def test_server_monitors_render_every_served_model(tmp_path: Path, log: Predicti
     store.set_alias("m", "production", 1)
     classify(log, 40, start=time.time() - 5)
     monitors = ServerMonitors(store)
-    text = monitors.text(["m", "unknown"])
-    assert 'nbdeploy_monitor_alert_level{model="m",version="1"} 0' in text
-    assert 'nbdeploy_monitor_drift_level{model="m",version="1",feature="x"} 0' in text
+    found = gauges(monitors.text(["m", "unknown"]))
+    assert found[sample("nbdeploy_monitor_alert_level")] == 0
+    assert found[sample("nbdeploy_monitor_drift_level", feature="x")] == 0
     assert monitors.text([]) == ""
 
 
@@ -227,3 +245,9 @@ def test_server_monitors_leave_the_gauges_out_without_pandas(tmp_path: Path, mon
     monkeypatch.setitem(sys.modules, "nbdeploy.monitor.live", None)
     monitors = ServerMonitors(Store(tmp_path))
     assert monitors.text(["m"]) == "" and "need pandas" in monitors.unavailable
+
+
+def test_nothing_logged_yet_computes_no_drift(tmp_path: Path) -> None:
+    snap = monitor(tmp_path).snapshot()
+    assert snap["notes"] == ["nothing logged yet"] and snap["drift"] is None and snap["inputs"] == {}
+    assert snap["shadow"] is None and snap["quality"]["current"] is None and snap["series"]["t"] == []

@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from nbdeploy.errors import InvalidInput
-from nbdeploy.monitor import prediction_profile, reference_profile
+from nbdeploy.monitor import reference_profile
 
 
 @pytest.fixture
@@ -104,18 +104,6 @@ def test_records_profile_like_a_dataframe() -> None:
     assert profile["columns"]["a"]["kind"] == "numeric"
     assert profile["columns"]["a"]["missing_rate"] == pytest.approx(1 / 3)
     assert profile["columns"]["b"]["frequencies"] == {"x": 0.5, "y": 0.5}
-
-
-def test_prediction_profile_kinds() -> None:
-    labels = prediction_profile(np.array([0, 1, 1, 2]))
-    assert labels["features"] == ["prediction"]
-    assert labels["columns"]["prediction"]["kind"] == "categorical"
-    assert labels["columns"]["prediction"]["counts"] == {"1": 2, "0": 1, "2": 1}
-    values = prediction_profile(np.array([0.5, 1.5, 2.5]))
-    assert values["columns"]["prediction"]["kind"] == "numeric"
-    forced = prediction_profile([0.0, 1.0, 1.0], kind="categorical")
-    assert forced["columns"]["prediction"]["counts"] == {"1": 2, "0": 1}
-    json.dumps(labels, allow_nan=False)
 
 
 def test_bad_input_is_rejected() -> None:

@@ -16,7 +16,7 @@ with warnings.catch_warnings():  # starlette would rather have httpx2; httpx wor
     from starlette.testclient import TestClient
 
 BASE_URL = "http://127.0.0.1"
-__all__ = ["BASE_URL", "TestClient", "add_version", "converted", "iris_inputs"]
+__all__ = ["BASE_URL", "TestClient", "add_version", "converted", "iris_inputs", "scrape"]
 
 
 def converted(model: Any, X: Any) -> tuple[bytes, dict[str, Any]]:
@@ -39,3 +39,18 @@ def add_version(store: Store, name: str, onnx_meta: tuple[bytes, dict[str, Any]]
 
 def iris_inputs(X: pd.DataFrame, datatype: str = "FP32") -> list[dict[str, Any]]:
     return [{"name": c, "datatype": datatype, "shape": [len(X), 1], "data": X[c].tolist()} for c in X.columns]
+
+
+class Scrape(dict[tuple[str, tuple[tuple[str, str], ...]], float]):
+    """The samples of a ``/metrics`` text: ``scrape(text)("name", label="value", ...)`` is one value."""
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self[name, tuple(sorted(labels.items()))]
+
+
+def scrape(text: str) -> Scrape:
+    """Parse a ``/metrics`` text with prometheus_client's own parser (so it also checks the format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return Scrape({(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples})

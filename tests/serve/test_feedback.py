@@ -21,14 +21,17 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.serve.feedback import routes
+from nbdeploy.serve.feedback import feedback
+from nbdeploy.serve.responses import error_headers, error_response
 from nbdeploy.store.events import PredictionEvent
-from nbdeploy.store.log import PredictionLog
+from nbdeploy.store.log import LogSettings, PredictionLog
 
 URL = "/v2/models/m/feedback"
+routes = [Route("/v2/models/{name}/feedback", feedback, methods=["POST"])]
 
 
 def fill(home: Path, n: int) -> None:
@@ -41,7 +44,7 @@ def fill(home: Path, n: int) -> None:
 
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NbdeployError)
-    return Response(orjson.dumps({"error": exc.message}), status_code=exc.status, media_type="application/json")
+    return error_response(exc.status, exc.message, error_headers(exc))
 
 
 def app(log: PredictionLog | None) -> Starlette:
@@ -109,10 +112,11 @@ SERVER = textwrap.dedent("""
     import socket, sys
     import uvicorn
     from starlette.applications import Starlette
-    from nbdeploy.serve.feedback import routes
+    from starlette.routing import Route
+    from nbdeploy.serve.feedback import feedback
     from nbdeploy.store.log import PredictionLog
 
-    app = Starlette(routes=routes)
+    app = Starlette(routes=[Route("/v2/models/{name}/feedback", feedback, methods=["POST"])])
     app.state.log = PredictionLog(sys.argv[1])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -209,3 +213,58 @@ def test_no_body_gets_a_500(client: TestClient) -> None:
         assert r.json().get("error") or r.status_code == 200
 
     check()
+
+
+# -- ids: the server's keys, answered to the client --------------------------------------
+def test_a_fixed_client_id_loses_no_prediction_and_each_is_labelled_by_its_key(make_client, store, iris) -> None:
+    from serve_helpers import iris_inputs
+
+    X, y, _ = iris
+    log = PredictionLog(store.home)
+    client = make_client(sink=log)
+    answers = [client.post("/v2/models/iris/infer", json={"id": "1", "inputs": iris_inputs(X.iloc[[i]])})
+               for i in range(5)]
+    keys = [a.json()["parameters"]["prediction_id"] for a in answers]
+    assert [a.json()["id"] for a in answers] == ["1"] * 5  # the client's id is echoed
+    assert [a.headers["x-request-id"] for a in answers] == keys and len(set(keys)) == 5
+    mlflow = client.post("/models/iris/invocations", json={"dataframe_records": X.head(2).to_dict(orient="records")})
+    assert log.flush()
+    with sqlite3.connect(log.path) as db:
+        logged = db.execute("SELECT id, client_id FROM predictions WHERE model = 'iris' ORDER BY seq").fetchall()
+    assert logged[:5] == [(k, "1") for k in keys]  # five requests, five rows: none dropped as a duplicate
+    items = [{"id": k, "label": int(y.iloc[i])} for i, k in enumerate(keys)]
+    items += [{"id": f"{mlflow.headers['x-request-id']}:1", "label": 0}]  # MLflow answers can be labelled too
+    r = client.post("/v2/models/iris/feedback", json=items)
+    assert r.status_code == 200 and r.json()["accepted"] == 6
+    r = client.post("/v2/models/iris/feedback", json={"id": "1", "label": 0})
+    assert r.status_code == 409 and "client id of 5 logged requests" in r.json()["error"]
+    r = client.post("/v2/models/iris/infer", json={"id": "u", "inputs": iris_inputs(X.head(1))})
+    assert client.post("/v2/models/iris/feedback", json={"id": "u", "label": 0}).json()["accepted"] == 1
+
+
+def test_a_request_id_longer_than_256_characters_is_refused(make_client, iris) -> None:
+    from serve_helpers import iris_inputs
+
+    X, _, _ = iris
+    client = make_client()
+    r = client.post("/v2/models/iris/infer", json={"id": "x" * 257, "inputs": iris_inputs(X.head(1))})
+    assert r.status_code == 400 and "'id' must be at most 256 characters" in r.json()["error"]
+    assert client.post("/v2/models/iris/infer", json={"id": "x" * 256, "inputs": iris_inputs(X.head(1))}).is_success
+
+
+def test_a_locked_log_answers_503_with_retry_after_never_a_bare_500(tmp_path: Path) -> None:
+    fill(tmp_path, 1)
+    log = PredictionLog(tmp_path, settings=LogSettings(feedback_timeout_s=0.3))
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing for a long time
+    try:
+        with TestClient(app(log)) as c:
+            started = time.monotonic()
+            r = c.post(URL, json={"id": "p0", "label": 0})
+            assert time.monotonic() - started < 3
+            assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+            holder.execute("COMMIT")
+            assert c.post(URL, json={"id": "p0", "label": 0}).status_code == 200
+    finally:
+        holder.close()
+        log.close()

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nbdeploy.serve.openapi import openapi_document
+from nbdeploy.serve.routes import openapi_document
 
 
 def dumps(value: object) -> bytes:

@@ -61,7 +61,7 @@ def test_array_model_takes_rows(client, diabetes):
     ({"dataframe_split": {"columns": ["a"], "data": [[1]]}}, "unknown column 'a'"),
     ({"dataframe_records": [{"sepal length (cm)": 1}]}, "missing column"),
     ({"dataframe_records": [{"sepal length (cm)": "x", "sepal width (cm)": 1, "petal length (cm)": 1,
-                             "petal width (cm)": 1}]}, "input 'sepal length (cm)': FP32 data must be numbers"),
+                             "petal width (cm)": 1}]}, "input 'sepal length (cm)': expected numbers (FP32), got the text"),
     ({"instances": [[1, 2, 3]]}, "row 0 must be a list of 4 values, got 3 values"),
     ({"inputs": [[1, 2, 3, 4]], "params": {"predict_method": "transform"}}, "predict_method must be one of"),
     ({"inputs": [[1, 2, 3, 4]], "instances": []}, "exactly one of"),
@@ -103,3 +103,23 @@ def test_ping_health_version(client, store, iris_onnx):
 def test_unknown_model_is_404(client):
     resp = client.post("/models/nope/invocations", json={"inputs": [[1]]})
     assert resp.status_code == 404 and resp.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("٥.١", "a number"), ("1_0", "a number"), ("１", "a number")])
+def test_csv_numbers_are_ascii(client, rows, value, expected):
+    """float() and int() read other scripts' digits and underscores; a CSV number has neither."""
+    X, _ = rows
+    csv = X.head(1).to_csv(index=False).replace(str(X["sepal length (cm)"].iloc[0]), value, 1)
+    resp = client.post("/models/iris/invocations", content=csv, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 400, resp.text
+    assert f"input 'sepal length (cm)': CSV row 1: expected {expected}, got {value!r}" in resp.json()["message"]
+
+
+@pytest.mark.parametrize("value", ["١", "1_0", "²"])
+def test_csv_integers_are_ascii(make_client, store, mixed_onnx, value):
+    add_version(store, "mixed", mixed_onnx)
+    client = make_client()
+    csv = f"x,n,flag,city\n0.5,{value},true,oslo\n"
+    resp = client.post("/models/mixed/invocations", content=csv, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 400, resp.text
+    assert f"input 'n': CSV row 1: expected an integer, got {value!r}" in resp.json()["message"]

@@ -1,10 +1,13 @@
-"""Through the real server process: tritonclient with its defaults, a swap under load, SIGTERM drain."""
+"""Through the real server process: tritonclient with its defaults, a swap under load, SIGTERM drain,
+owner-only store files, and a stop that signals only the process the store recorded."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -149,3 +152,64 @@ def test_non_loopback_bind_needs_the_token_which_is_never_logged(tmp_path: Path,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_store_and_server_files_are_owner_only(tmp_path: Path, iris_onnx, iris):
+    X, _, _ = iris
+    previous = os.umask(0o022)  # the usual umask: files would be world-readable
+    try:
+        store = Store(tmp_path / "home")
+        add_version(store, "iris", iris_onnx)
+        record = process.ensure_server(store)
+        try:
+            resp = httpx.post(f"{record.url}/v2/models/iris/infer", json={"inputs": iris_inputs(X.head(3))})
+            assert resp.status_code == 200
+        finally:
+            assert process.stop_server(store) is True
+        assert not process.pid_alive(record.pid)
+    finally:
+        os.umask(previous)
+    home = store.home
+    assert (home / "log.db").exists() and (home / "server.log").exists()
+    dirs = [home, *(p for p in home.rglob("*") if p.is_dir())]
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"nbdeploy.db", "log.db", "server.log", "server.lock", "model.onnx", "model.json"}
+    assert {p.relative_to(home).as_posix(): oct(_mode(p)) for p in dirs if _mode(p) != 0o700} == {}
+    assert {p.relative_to(home).as_posix(): oct(_mode(p)) for p in files if _mode(p) != 0o600} == {}
+
+
+@pytest.mark.parametrize("recorded", ["with its start time", "without a start time"])
+def test_stop_server_never_signals_another_process_given_the_recorded_pid(tmp_path: Path, recorded):
+    store = Store(tmp_path / "home")
+    store.set_server(os.getpid(), "127.0.0.1", 9)  # a server that crashed without clearing its record ...
+    bystander = subprocess.Popen(["sleep", "30"])  # ... and an unrelated process that got its PID
+    try:
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE server SET pid = ?" + (", proc_start = NULL" if recorded != "with its start time"
+                                                       else ""), (bystander.pid,))
+        assert store.server().pid == bystander.pid
+        assert process.stop_server(store, timeout=1) is False
+        time.sleep(0.3)
+        assert bystander.poll() is None, "stop_server signalled a process that is not the server"
+        assert store.server() is None  # the stale record is cleared
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_stale_record_is_not_taken_for_a_running_server(tmp_path: Path):
+    store = Store(tmp_path / "home")
+    store.set_server(os.getpid(), "127.0.0.1", 9)
+    assert process.recorded_server(store).pid == os.getpid()  # the recorded process itself
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE server SET pid = ?", (bystander.pid,))
+        assert process.recorded_server(store) is None and store.server() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -11,14 +11,9 @@ import pytest
 import tritonclient.http as triton
 
 from nbdeploy.errors import InvalidInput, NbdeployError
-from nbdeploy.serve.codecs.v2 import (
-    DATATYPE_TO_NUMPY,
-    MAX_ELEMENTS,
-    NUMPY_TO_DATATYPE,
-    decode_infer_request,
-    encode_error,
-    encode_infer_response,
-)
+from nbdeploy.serve.codecs.v2 import MAX_ELEMENTS, decode_infer_request, encode_infer_response
+from nbdeploy.serve.responses import error_body
+from nbdeploy.signature import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE
 
 SAMPLES: dict[str, np.ndarray] = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),
@@ -174,7 +169,7 @@ def test_null_is_nan_for_fp_only():
     data = decode_infer_request(body, None).inputs[0].data
     assert data.dtype == np.float32 and np.isnan(data[1]) and data[2] == 2.5
     msg = rejects(request(tensor([1, None], [2], "INT64")))
-    assert msg == "input 'x': INT64 data must be integers, got null"
+    assert msg.startswith("input 'x': expected integers (INT64), got a missing value (null) at row 1")
 
 
 @pytest.mark.parametrize(
@@ -182,12 +177,12 @@ def test_null_is_nan_for_fp_only():
     [
         (tensor([1, 2, 3, 4, 5], [2, 3]), "input 'x': shape [2, 3] needs 6 elements, got 5"),
         (tensor([[1, 2], [3, 4]], [3]), "input 'x': shape [3] needs 3 elements, got 4"),
-        (tensor(["1.5"], [1]), "input 'x': FP32 data must be numbers or null, got string"),
-        (tensor([True], [1], "INT64"), "input 'x': INT64 data must be integers, got boolean"),
-        (tensor([1], [1], "BOOL"), "input 'x': BOOL data must be booleans, got number"),
-        (tensor([1], [1], "BYTES"), "input 'x': BYTES data must be strings or null (a missing value), got number"),
-        (tensor([{}], [1]), "input 'x': FP32 data must be numbers or null, got object"),
-        (tensor([1.5], [1], "INT8"), "input 'x': INT8 data must be integers, got 1.5"),
+        (tensor(["1.5"], [1]), "input 'x': expected numbers (FP32), got the text '1.5' at row 0"),
+        (tensor([True], [1], "INT64"), "input 'x': expected integers (INT64), got the boolean True at row 0"),
+        (tensor([1], [1], "BOOL"), "input 'x': expected booleans (true/false) (BOOL), got the number 1 at row 0"),
+        (tensor([1], [1], "BYTES"), "input 'x': expected text (BYTES), got the number 1 at row 0"),
+        (tensor([{}], [1]), "input 'x': expected numbers (FP32), got a dict at row 0"),
+        (tensor([1.5], [1], "INT8"), "input 'x': expected integers (INT8), got the number 1.5 at row 0"),
         (tensor([1, 128], [2], "INT8"), "input 'x': value 128 out of range for INT8 [-128, 127]"),
         (tensor([-1], [1], "UINT64"), "input 'x': value -1 out of range for UINT64"),
         (tensor([1e39], [1]), "input 'x': value 1e+39 out of range for FP32 [-3.4028234663852886e+38, 3.4"),
@@ -367,5 +362,7 @@ def test_encode_unsupported_dtype_is_a_server_error():
     assert info.value.status == 500
 
 
-def test_encode_error():
-    assert orjson.loads(encode_error("input 'x': bad")) == {"error": "input 'x': bad"}
+def test_the_error_body_puts_error_after_the_protocols_fields():
+    assert orjson.loads(error_body("input 'x': bad")) == {"error": "input 'x': bad"}
+    body = error_body("bad", {"error_code": "BAD_REQUEST", "message": "bad"})
+    assert list(orjson.loads(body)) == ["error_code", "message", "error"]

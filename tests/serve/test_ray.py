@@ -94,3 +94,39 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray.serve", None)
     with pytest.raises(NbdeployError, match=r"pip install 'nbdeploy\[ray\]'"):
         serve_ray._serve()
+
+
+def test_a_replica_requires_the_token_unless_the_proxy_is_on_loopback(tmp_path: Path, iris_onnx,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve_helpers import BASE_URL, TestClient, add_version
+
+    from nbdeploy.serve import ray as serve_ray
+
+    store = Store(tmp_path / "home")
+    add_version(store, "iris", iris_onnx)
+    monkeypatch.delenv("NBDEPLOY_TOKEN", raising=False)
+
+    def replica(home: str, **args: object) -> object:  # what each Ray replica serves
+        return serve_ray.replica_app(home, **args)[1]
+
+    def statuses(headers: dict[str, str] | None = None, **args: object) -> tuple[int, int]:
+        with TestClient(replica(str(store.home), **args), base_url=BASE_URL) as client:
+            model = client.get("/v2/models/iris", headers=headers)
+            return model.status_code, client.get("/v2/health/ready").status_code
+
+    # No Ray running here: where the proxy listens cannot be asked, so the token is on.
+    assert statuses() == (401, 200)
+    token = (store.home / "server.token").read_text().strip()
+    assert statuses({"Authorization": f"Bearer {token}"}) == (200, 200)
+    monkeypatch.setattr(serve_ray, "_proxy_host", lambda: "0.0.0.0")  # a serve-config file's default
+    assert statuses() == (401, 200)
+    with pytest.raises(InvalidInput, match=r"require_token is false but Ray's HTTP proxy listens on 0\.0\.0\.0"):
+        replica(str(store.home), require_token=False)
+    monkeypatch.setattr(serve_ray, "_proxy_host", lambda: "127.0.0.1")
+    assert statuses() == (200, 200)
+    assert statuses(require_token=True) == (401, 200)
+    monkeypatch.setenv("NBDEPLOY_TOKEN", "x" * 31)
+    with pytest.raises(InvalidInput, match="NBDEPLOY_TOKEN is 31 characters long; a token needs at least 32"):
+        replica(str(store.home), require_token=True)
+    monkeypatch.setenv("NBDEPLOY_TOKEN", "t" * 40)
+    assert statuses({"Authorization": f"Bearer {'t' * 40}"}, require_token=True) == (200, 200)

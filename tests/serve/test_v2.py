@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import quote
+
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from serve_helpers import add_version, iris_inputs
 
-from nbdeploy.serve.codecs.v2 import NUMPY_TO_DATATYPE
+from nbdeploy.signature import NUMPY_TO_DATATYPE
 
 
 def test_server_metadata_health_and_readiness(client):
@@ -41,7 +44,19 @@ def test_infer_echoes_id_and_selects_outputs(client, iris):
     got = np.array(doc["outputs"][0]["data"]).reshape(doc["outputs"][0]["shape"])
     np.testing.assert_allclose(got, model.predict_proba(X.head(5)), atol=1e-5)
     generated = client.post("/v2/models/iris/infer", json={"inputs": iris_inputs(X.head(1))}).json()["id"]
-    assert len(generated) == 36 and generated[14] == "4"
+    assert str(uuid.UUID(generated)) == generated  # the server's own id (a UUID; serve/inference.py picks which)
+
+
+def test_a_frame_models_columns_may_come_as_one_tensor(client, iris):
+    X, _, model = iris
+    rows = X.head(4).to_numpy()
+    body = {"inputs": [{"name": "features", "datatype": "FP64", "shape": list(rows.shape), "data": rows.tolist()}],
+            "outputs": [{"name": "label"}]}
+    resp = client.post("/v2/models/iris/infer", json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outputs"][0]["data"] == model.predict(X.head(4)).tolist()
+    body["inputs"][0]["shape"], body["inputs"][0]["data"] = [4, 3], rows[:, :3].tolist()
+    assert client.post("/v2/models/iris/infer", json=body).status_code == 400  # one column short
 
 
 @pytest.mark.parametrize("datatype", ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
@@ -106,7 +121,7 @@ def test_tritonclient_binary_request_without_content_type(client, iris):
          400, "unknown input 'extra'"),
         (lambda b: b["inputs"][0].update(shape=[1, 2], data=[1, 2]), 400, "expected shape [-1, 1], got [1, 2]"),
         (lambda b: b["inputs"][0].update(shape=[2, 1]), 400, "shape [2, 1] needs 2 elements, got 1"),
-        (lambda b: b["inputs"][0].update(data=["x"]), 400, "FP32 data must be numbers or null, got string"),
+        (lambda b: b["inputs"][0].update(data=["x"]), 400, "expected numbers (FP32), got the text 'x' at row 0"),
         (lambda b: b["inputs"][0].update(data=[None]), 400, "got null/NaN at row 0"),
         (lambda b: b["inputs"][1].update(shape=[1]), 200, ""),
         (lambda b: b["inputs"][0].update(shape=[2, 1], data=[1, 2]), 400, "has 1 rows but other inputs have 2"),
@@ -156,3 +171,17 @@ def test_repository_index_lists_versions(client):
     index = client.post("/v2/repository/index").json()
     assert {(e["name"], e["version"], e["state"]) for e in index} == {
         ("diabetes", "1", "READY"), ("iris", "1", "READY")}
+
+
+@pytest.mark.parametrize("version", ["²", "١", "１", "𝟏", "1" * 5000])
+def test_only_ascii_digits_make_a_version_number(client, iris, version):
+    """str.isdigit() takes superscripts and other scripts' digits: '²' was a 500, Arabic-Indic 1 version 1."""
+    X, _, _ = iris
+    quoted = quote(version)
+    resp = client.post(f"/v2/models/iris/versions/{quoted}/infer", json={"inputs": iris_inputs(X.head(1))})
+    assert resp.status_code == 404 and "no version or alias" in resp.json()["error"], resp.text
+    for path in (f"/v2/models/iris/versions/{quoted}", f"/v2/models/iris/versions/{quoted}/ready",
+                 f"/models/iris/versions/{quoted}/ping"):
+        assert client.get(path).status_code == 404, path
+    resp = client.post(f"/models/iris/versions/{quoted}/invocations", json={"instances": [[1, 2, 3, 4]]})
+    assert resp.status_code == 404

@@ -17,6 +17,7 @@ from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import (
     BUCKET_SECONDS,
     N_LATENCY,
+    LogSettings,
     PredictionLog,
     feedback_status,
     label_key,
@@ -124,11 +125,11 @@ def test_put_after_close_counts_a_drop(tmp_path: Path) -> None:
     assert db(log).execute("SELECT id FROM predictions").fetchall() == [("before",)]
 
 
-def test_duplicate_ids_are_logged_once_and_counted(log: PredictionLog) -> None:
-    log.put(event("same"))
+def test_duplicate_keys_are_logged_once_and_counted_as_dropped(log: PredictionLog) -> None:
+    log.put(event("same"))  # the server never makes one key twice; a caller of the log might
     log.put(event("same", a=2.0))
     log.flush()
-    assert log.duplicates == 1
+    assert log.duplicates == log.dropped == 1
     assert db(log).execute("SELECT inputs FROM predictions").fetchall() == [(b'[1.0,"red"]',)]
 
 
@@ -232,3 +233,102 @@ def test_a_label_may_overtake_its_prediction_in_the_queue(tmp_path: Path) -> Non
     assert log.feedback("m", {"id": "queued", "label": 0})["accepted"] == 1
     assert time.monotonic() - started < 5
     log.close()
+
+
+# -- keys: the server's, with the client's id beside them ---------------------------------
+def test_a_repeated_client_id_loses_nothing(log: PredictionLog) -> None:
+    # Many V2 clients send one fixed id: the log key is the server's, the client's id is kept beside it.
+    for i in range(5):
+        log.put(_with_client(event(f"key{i}"), "1"))
+    log.put(_with_client(event("multi", n=3), "1"))
+    log.flush()
+    rows = db(log).execute("SELECT id, client_id FROM predictions ORDER BY seq").fetchall()
+    assert rows == [*((f"key{i}", "1") for i in range(5)), ("multi:0", "1"), ("multi:1", None), ("multi:2", None)]
+    assert log.dropped == log.duplicates == 0
+
+
+def _with_client(e: PredictionEvent, client_id: str) -> PredictionEvent:
+    e.client_id = client_id
+    return e
+
+
+def test_feedback_by_key_or_by_a_client_id_naming_one_request(log: PredictionLog) -> None:
+    log.put(_with_client(event("k1"), "mine"))
+    log.put(_with_client(event("k2", n=2), "rows"))
+    log.put(_with_client(event("k3"), "same"))
+    log.put(_with_client(event("k4"), "same"))
+    log.flush()
+    result = log.feedback("m", [{"id": "k1", "label": 0}, {"id": "k2:1", "label": 1}, {"id": "mine", "label": 1},
+                                {"id": "rows:0", "label": 0}, {"id": "same", "label": 0}, {"id": "rows", "label": 0},
+                                {"id": "rows:7", "label": 0}])
+    assert result["accepted"] == 4 and result["updated"] == 1  # "mine" is k1: its label replaced
+    errors = {e["index"]: (e["status"], e["error"]) for e in result["errors"]}
+    assert errors[4][0] == 409 and "client id of 2 logged requests" in errors[4][1] and "prediction_id" in errors[4][1]
+    assert errors[5][0] == 404 and "'k2:0', 'k2:1'" in errors[5][1]
+    assert errors[6][0] == 404 and "no row 7" in errors[6][1]
+    stored = dict(db(log).execute("SELECT id, label FROM feedback").fetchall())
+    assert stored == {"k1": 1, "k2:1": 1, "k2:0": 0}  # always under the server's keys
+    assert feedback_status(log.feedback("m", {"id": "same", "label": 1})) == 409
+
+
+def test_ids_and_text_labels_are_capped(log: PredictionLog) -> None:
+    log.put(event("p"))
+    log.flush()
+    result = log.feedback("m", [{"id": "x" * 257, "label": 1}, {"id": "p", "label": "y" * 257}])
+    assert [e["status"] for e in result["errors"]] == [400, 400]
+    assert "'id' must be" in result["errors"][0]["error"] and "256" in result["errors"][0]["error"]
+    assert "'label' must be at most 256 characters" in result["errors"][1]["error"]
+
+
+# -- large requests and the queue's bounds ------------------------------------------------
+def test_a_large_request_is_written_in_parts_and_counted_once(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, start=False, batch_rows=1_000)
+    log.put(event("big", n=2_500))
+    log.put(event("small"))
+    log.flush()
+    ids = [r[0] for r in db(log).execute("SELECT id FROM predictions ORDER BY seq")]
+    assert ids == [f"big:{i}" for i in range(2_500)] + ["small"]
+    assert (rollup(log, "requests"), rollup(log, "rows")) == (2, 2_501)
+    hist = np.frombuffer(db(log).execute("SELECT latency FROM rollup").fetchone()[0], np.int64)
+    assert hist.sum() == 2  # one latency per request, not per part
+    log.close()
+
+
+def test_the_queue_is_bounded_by_rows_too(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, start=False, settings=LogSettings(max_queue_rows=10))
+    log.put(event("a", n=6))
+    log.put(event("b", n=6))  # 12 rows would wait: dropped, counted
+    log.put(event("c", n=4))
+    assert (log.dropped, log.dropped_rows, log.health()["queued_rows"]) == (1, 6, 10)
+    log.flush()
+    assert rollup(log, "dropped") == 1 and rollup(log, "rows") == 10
+    log.close()
+
+
+def test_a_batch_of_rows_holds_right_sized_bytes(log: PredictionLog) -> None:
+    # orjson's own result keeps a 4 KiB buffer: one per row made a 200,000-row request cost 1.6 GB.
+    import tracemalloc
+
+    from nbdeploy.store.batch import Batch
+
+    batch = Batch(lambda m, v: {}, {})
+    batch.add(event("big", n=20_000))
+    tracemalloc.start()
+    try:
+        batch.finish()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000 * 600, f"{held / 20_000:.0f} bytes per row"
+
+
+# -- settings -----------------------------------------------------------------------------
+def test_settings_come_from_the_environment() -> None:
+    settings = LogSettings.from_env({"NBDEPLOY_LOG_MAX_AGE_DAYS": "7.5", "NBDEPLOY_LOG_MAX_ROWS": "1000",
+                                     "NBDEPLOY_LOG_FEEDBACK_TIMEOUT_S": "2"})
+    assert (settings.max_age_days, settings.max_rows, settings.feedback_timeout_s) == (7.5, 1000, 2.0)
+    assert LogSettings.from_env({}) == LogSettings() and LogSettings().max_age_days == 30
+    with pytest.raises(InvalidInput, match="NBDEPLOY_LOG_MAX_ROWS must be a number"):
+        LogSettings.from_env({"NBDEPLOY_LOG_MAX_ROWS": "lots"})
+    with pytest.raises(InvalidInput, match="NBDEPLOY_LOG_MAX_BYTES must be a non-negative number"):
+        LogSettings(max_bytes=-1)

@@ -195,6 +195,8 @@ def _csv_value(column: str, datatype: str, row: int, text: str) -> Any:
     if datatype == "BYTES":
         return text
     value = text.strip()
+    if not value.isascii() or "_" in value:  # int() and float() also read Arabic-Indic digits and '1_000'
+        value = "?"
     if datatype in FLOAT_TYPES:
         if value == "" or value.lower() in ("nan", "null", "na"):
             return None

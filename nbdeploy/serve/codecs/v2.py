@@ -21,39 +21,12 @@ import numpy as np
 import orjson
 
 from nbdeploy.errors import InvalidInput, NbdeployError
+from nbdeploy.signature import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, wrong_value
 
 MAX_ELEMENTS = 10_000_000
 """Most tensor elements one request may declare, checked against shapes before any allocation."""
 MAX_DEPTH = 32
 """Deepest nesting of a tensor's ``data`` arrays (orjson itself stops any JSON at depth 1024)."""
-
-DATATYPE_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    **{f"INT{bits}": np.dtype(f"int{bits}") for bits in (8, 16, 32, 64)},
-    **{f"UINT{bits}": np.dtype(f"uint{bits}") for bits in (8, 16, 32, 64)},
-    **{f"FP{bits}": np.dtype(f"float{bits}") for bits in (16, 32, 64)},
-    "BYTES": np.dtype(object),
-}
-
-
-class _DtypeToDatatype(dict[np.dtype, str]):
-    """The inverse map; indexing also resolves dtype-likes (``np.float32``, ``'>f4'``) and maps
-    every str/bytes/object dtype (``'<U5'``, ``'S3'``) to BYTES. ``in`` checks only exact keys."""
-
-    def __missing__(self, key: Any) -> str:
-        try:
-            dtype = np.dtype(key)
-        except TypeError:
-            raise KeyError(key) from None
-        if dtype.kind in "USO":
-            return "BYTES"
-        found = self.get(dtype.newbyteorder("="))
-        if found is None:
-            raise KeyError(key)
-        return found
-
-
-NUMPY_TO_DATATYPE: dict[np.dtype, str] = _DtypeToDatatype({dtype: name for name, dtype in DATATYPE_TO_NUMPY.items()})
 
 _NONE = type(None)
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", _NONE: "null"}
@@ -62,20 +35,20 @@ _KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean
 _NUMBER, _INTEGRAL = frozenset({int, float, _NONE}), frozenset({int, float})
 
 
-def _rule(dtype: np.dtype) -> tuple[frozenset[type], str, float, float, str]:
-    """How to check JSON elements for a datatype: the Python types allowed (JSON true is not 1), their
-    name, inclusive bounds as Python numbers (comparing with numpy scalars would cast, and warn) and the
-    range to show in errors."""
+def _rule(dtype: np.dtype) -> tuple[frozenset[type], float, float, str]:
+    """How to check JSON elements for a datatype: the Python types allowed (JSON true is not 1),
+    inclusive bounds as Python numbers (comparing with numpy scalars would cast, and warn) and the
+    range to show in errors. A value of another type is named by :func:`nbdeploy.signature.wrong_value`."""
     if dtype.kind == "b":
-        return frozenset({bool}), "booleans", 0, 1, ""
+        return frozenset({bool}), 0, 1, ""
     if dtype.kind == "O":
-        return frozenset({str, _NONE}), "strings or null (a missing value)", 0, 0, ""
+        return frozenset({str, _NONE}), 0, 0, ""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        return _INTEGRAL, "integers", info.min, info.max, f"[{info.min}, {info.max}]"
+        return _INTEGRAL, info.min, info.max, f"[{info.min}, {info.max}]"
     finfo = np.finfo(dtype)  # accept what rounds to a finite value: up to max + half an ulp, exclusive
     top = math.nextafter(float(finfo.max) + 2.0 ** (finfo.maxexp - finfo.nmant - 2), 0)
-    return _NUMBER, "numbers or null", -top, top, f"[{-float(finfo.max)}, {float(finfo.max)}]"
+    return _NUMBER, -top, top, f"[{-float(finfo.max)}, {float(finfo.max)}]"
 
 
 _RULES = {name: _rule(dtype) for name, dtype in DATATYPE_TO_NUMPY.items()}
@@ -284,15 +257,15 @@ def _flatten(where: str, data: Any) -> tuple[list[Any], set[type]]:
         depth += 1
 
 
-def _from_json(where: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
+def _from_json(where: _Where, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
     """Validate JSON ``data`` for one input and return it as a flat array of the datatype."""
     flat, types = _flatten(where, data)
     if len(flat) != count:
         raise InvalidInput(f"{where}shape {shape} needs {count} elements, got {len(flat)}")
-    allowed, expected, lowest, highest, bounds = _RULES[datatype]
-    if not types <= allowed:
-        got = ", ".join(sorted({_JSON_TYPES.get(t, t.__name__) for t in types - allowed}))
-        raise InvalidInput(f"{where}{datatype} data must be {expected}, got {got}")
+    allowed, lowest, highest, bounds = _RULES[datatype]
+    if not types <= allowed:  # name the first wrong value, in the words the client and library use
+        i = next(i for i, v in enumerate(flat) if type(v) not in allowed)
+        raise wrong_value(where.name, datatype, flat[i], _row(i, shape))
     dtype = DATATYPE_TO_NUMPY[datatype]
     if datatype == "BYTES":
         out = np.empty(count, dtype=object)
@@ -300,9 +273,9 @@ def _from_json(where: str, datatype: str, shape: list[int], count: int, data: An
         return out
     values = flat
     if float in types and allowed is _INTEGRAL:
-        for v in flat:
+        for i, v in enumerate(flat):
             if type(v) is float and not v.is_integer():
-                raise InvalidInput(f"{where}{datatype} data must be integers, got {v}")
+                raise wrong_value(where.name, datatype, v, _row(i, shape))
     elif _NONE in types:
         values = [v for v in flat if v is not None]
     if values:  # BOOL passes trivially: True == 1
@@ -313,12 +286,17 @@ def _from_json(where: str, datatype: str, shape: list[int], count: int, data: An
     return np.array(flat, dtype=dtype)  # None -> NaN for FP types
 
 
+def _row(index: int, shape: list[int]) -> int:
+    """The row of the ``index``-th element of a row-major tensor of ``shape``."""
+    return index // max(math.prod(shape[1:]), 1)
+
+
 def decode_json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
     """Validate JSON ``data`` (nested or flat, row-major) as one input of ``datatype`` and ``shape``.
 
     The same checks as an ``infer`` input: element types, ranges, null only for FP, count vs shape.
     """
-    where = f"input {name!r}: "
+    where = _Where("input", name)
     if datatype not in DATATYPE_TO_NUMPY:
         raise InvalidInput(f"{where}datatype must be one of {', '.join(DATATYPE_TO_NUMPY)}, got {datatype!r}")
     return _from_json(where, datatype, shape, math.prod(shape), data).reshape(shape)
@@ -417,7 +395,3 @@ def _to_binary(arr: np.ndarray, datatype: str) -> bytes:
         parts += (len(item).to_bytes(4, "little"), item)
     return b"".join(parts)
 
-
-def encode_error(message: str) -> bytes:
-    """The V2 error body, ``{"error": message}``."""
-    return orjson.dumps({"error": message})

@@ -1,0 +1,94 @@
+"""Retention of the prediction log: raw prediction rows age out, the rollups the monitor reads stay.
+
+A logged prediction costs about 250 bytes; with no limit the log grows for as long as the server
+serves. The writer thread of :class:`nbdeploy.store.log.PredictionLog` calls :func:`prune_step`
+between its writes, so each step is one short transaction deleting at most ``batch`` of the
+oldest rows: the writer, feedback and other workers never wait long for it.
+
+What goes: prediction rows older than ``max_age_s``, beyond the newest ``max_rows``, or while
+the file's used pages exceed ``max_bytes`` (oldest first), and with them their feedback rows (a
+label without its prediction has nothing left to join: no inputs to retrain on, no probabilities
+to score). What stays: ``rollup`` and ``feature_rollup``, which already hold every count the
+monitor charts (requests, errors, latency, labelled, correct, errors of regressors, inputs out of
+range) per 10-second bucket; they are pruned separately after ``rollup_max_age_s``. Freed pages
+go back to the file system a little at a time (:func:`reclaim`) when the file was created with
+incremental vacuum.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+PRUNE_BATCH = 2_000  # rows per step: a few milliseconds of write lock
+RECLAIM_PAGES = 1_024  # pages returned per step
+SLACK_PAGES = 2_048  # free pages kept for new rows (8 MiB of 4 KiB pages), or a tenth of the file if more
+
+
+def used_bytes(db: sqlite3.Connection) -> int:
+    """Bytes of the file's pages that hold data (free pages excluded)."""
+    pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+    return pages * db.execute("PRAGMA page_size").fetchone()[0]
+
+
+def prune_step(db: sqlite3.Connection, *, now: float, max_age_s: float, max_rows: int, max_bytes: int,
+               batch: int = PRUNE_BATCH) -> int:
+    """Delete up to ``batch`` of the oldest prediction rows beyond a limit, with their feedback.
+
+    Returns how many prediction rows went; fewer than ``batch`` means nothing more is due now.
+    A limit of 0 is no limit. Row order (``seq``) is arrival order at the writer, close to time order.
+    """
+    lo, hi = db.execute("SELECT MIN(seq), MAX(seq) FROM predictions").fetchone()
+    if lo is None:
+        return 0
+    row = db.execute("SELECT seq FROM predictions WHERE seq >= ? ORDER BY seq LIMIT 1 OFFSET ?",
+                     (lo, batch - 1)).fetchone()
+    end = row[0] if row else hi
+    cut = lo  # rows below ``cut`` go whatever their age
+    if max_rows and hi - lo + 1 > max_rows:  # seq has no gaps but those pruning made: the count, without COUNT(*)
+        cut = min(end + 1, hi - max_rows + 1)
+    if max_bytes and used_bytes(db) > max_bytes:
+        cut = end + 1
+    before = now - max_age_s if max_age_s else float("-inf")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        n = db.execute("DELETE FROM predictions WHERE seq BETWEEN ? AND ? AND (seq < ? OR ts < ?)",
+                       (lo, end, cut, before)).rowcount
+        if n:  # also catches a label that raced its prediction's deletion
+            db.execute("DELETE FROM feedback WHERE pred_seq <= ? AND NOT EXISTS "
+                       "(SELECT 1 FROM predictions p WHERE p.seq = feedback.pred_seq)", (end,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return n
+
+
+def prune_rollups(db: sqlite3.Connection, before_bucket: int) -> int:
+    """Delete rollup buckets older than ``before_bucket`` (a full scan of small tables: call it rarely)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        n = db.execute("DELETE FROM rollup WHERE bucket < ?", (before_bucket,)).rowcount
+        n += db.execute("DELETE FROM feature_rollup WHERE bucket < ?", (before_bucket,)).rowcount
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return n
+
+
+def reclaim(db: sqlite3.Connection, pages: int = RECLAIM_PAGES) -> int:
+    """Return up to ``pages`` free pages beyond the slack to the file system; how many went.
+
+    Only a file in incremental-vacuum mode can; another keeps its free pages for new rows.
+    """
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        return 0
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    excess = free - max(SLACK_PAGES, db.execute("PRAGMA page_count").fetchone()[0] // 10)
+    if excess <= 0:
+        return 0
+    n = min(excess, pages)
+    db.executescript(f"PRAGMA incremental_vacuum({int(n)});")  # a pragma that frees pages as it is stepped
+    return n
