@@ -278,13 +278,14 @@ def stop_monitors(name: str | None = None) -> int:
 
 
 def export(name: str, to: str, directory: str | os.PathLike[str], *, version: int | str | None = None,
-           home: str | os.PathLike[str] | None = None) -> Path:
+           home: str | os.PathLike[str] | None = None, **options: Any) -> Path:
     """Write ``name`` (default: its production version) for another platform; see :mod:`nbdeploy.exporters`.
 
     ``to`` is one of ``bundle``, ``docker``, ``triton``, ``kserve``, ``ray``; ``version`` a version
-    number or an alias. Returns the directory, written whole or not at all.
+    number or an alias; ``options`` are the format's own (``hashes=True`` for bundle, docker and ray;
+    ``base_image=`` for docker). Returns the directory, written whole or not at all.
     """
-    return exporters.export(name, to, directory, version=version, home=home)
+    return exporters.export(name, to, directory, version=version, home=home, **options)
 
 
 def serve_on_ray(home: str | None = None, *, model: str | None = None, replicas: int = 1,

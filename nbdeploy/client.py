@@ -40,7 +40,8 @@ def post_json(url: str, payload: Any, timeout: float = 60.0) -> Any:
             message = orjson.loads(exc.read()).get("error", exc.reason)
         except (orjson.JSONDecodeError, AttributeError):
             message = exc.reason
-        raise NbdeployError(f"the endpoint answered {exc.code}: {message}", exc.code) from None
+        # the server's own words: the same message the library and the client's own checks give
+        raise NbdeployError(str(message), exc.code) from None
     except (urllib.error.URLError, OSError) as exc:
         raise Unavailable(f"cannot reach the nbdeploy server at {request.full_url}: {exc}") from None
 

@@ -123,6 +123,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("directory", help="new or empty directory to write")
     p.add_argument("--to", required=True, metavar="FORMAT", help="bundle, docker, triton, kserve or ray")
     p.add_argument("--version", help="version number or alias to export (default: production)")
+    p.add_argument("--hashes", action="store_true",
+                   help="bundle, docker, ray: pin every requirement by sha256 and install with --require-hashes")
+    p.add_argument("--base-image", metavar="IMAGE", help="docker: the base image, ideally pinned by @sha256 digest")
     parsers["export"] = p
     return parsers
 
@@ -321,7 +324,8 @@ class DeployMagics(Magics):
         print("server stopped" if api.shutdown(home=self._home()) else "no server was running")
 
     def _export(self, args: argparse.Namespace) -> None:
-        path = api.export(args.name, args.to, args.directory, version=args.version, home=self._home())
+        path = api.export(args.name, args.to, args.directory, version=args.version, home=self._home(),
+                          hashes=args.hashes, base_image=args.base_image)
         print(f"exported {args.name!r} ({args.to}) to {path}: see {path / 'README.md'}")
 
     def _monitor(self, args: argparse.Namespace) -> None:

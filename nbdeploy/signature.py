@@ -67,6 +67,7 @@ class InputSpec:
     categories: tuple[str, ...] | None = None  # for pandas `category` columns
     has_missing: bool = False  # the sample had missing values in this column
     dtype: str | None = None  # the sample column's pandas dtype, so decoded frames match the training frame
+    refuses_unknown: bool = False  # its encoder refuses values outside ``categories`` (as scikit-learn raises)
 
     @property
     def nullable(self) -> bool:
@@ -112,6 +113,7 @@ class Signature:
                 categories=tuple(i["categories"]) if i.get("categories") else None,
                 has_missing=bool(i.get("has_missing", False)),
                 dtype=i.get("dtype"),
+                refuses_unknown=bool(i.get("refuses_unknown", False)),
             )
             for i in data["inputs"]
         )
@@ -145,6 +147,8 @@ class Signature:
                     f"input {spec.name!r}: has {arr.shape[0]} rows but other inputs have {rows}"
                 )
             rows = arr.shape[0]
+            if spec.refuses_unknown:
+                _check_known(spec, arr)
             if spec.name in no_nan:
                 missing = np.isnan(arr)
                 if missing.any():
@@ -229,6 +233,20 @@ def check_names(got: list[str], expected: list[str]) -> None:
         raise InvalidInput(f"missing input {missing[0]!r}; expected inputs: {', '.join(expected)}")
 
 
+def _check_known(spec: InputSpec, arr: np.ndarray) -> None:
+    """A value outside the categories a strict encoder was fitted with: refused, as scikit-learn raises."""
+    known = set(spec.categories or ())
+    unknown = [i for i, v in enumerate(arr.ravel().tolist()) if v not in known]
+    if unknown:
+        i = unknown[0]
+        value = arr.ravel()[i]
+        what = "a missing value" if value == MISSING_STRING else f"the unknown category {value!r}"
+        shown = [c for c in spec.categories or () if c != MISSING_STRING]
+        listed = ", ".join(repr(c) for c in shown[:20]) + (f", … ({len(shown)} in all)" if len(shown) > 20 else "")
+        raise InvalidInput(f"input {spec.name!r}: got {what} at row {i}; the model's encoder was fitted with "
+                           f"{listed} and refuses other values (handle_unknown='error')")
+
+
 def missing_refused(name: str, row: int) -> InvalidInput:
     """A missing value where the model cannot take one (it would answer NaN or fail)."""
     return InvalidInput(f"input {name!r}: expected a number, got a missing value (null/NaN) at row {row}; "
@@ -291,7 +309,8 @@ def encode_values(spec: InputSpec, values: Any) -> np.ndarray:
                 out[i] = v.decode("utf-8", "replace")
             elif v is None or _is_missing(v):
                 out[i] = MISSING_STRING
-            elif spec.categories is not None and not isinstance(v, (bool, np.bool_)) and str(v) in spec.categories:
+            elif spec.dtype == "category" and isinstance(v, (int, float, np.integer, np.floating)) and not \
+                    isinstance(v, (bool, np.bool_)):
                 out[i] = str(v)  # a category column whose categories are numbers travels as their text
             else:
                 raise wrong_value(spec.name, datatype, v, _row(i, shape))

@@ -179,16 +179,17 @@ def convert_hist_gradient_boosting(scope: Any, operator: Any, container: Any, do
             raise NotImplementedError(f"feature {order[feature]} holds text but the model treats it as a number; "
                                       "declare it categorical (pandas category dtype or categorical_features)")
         parts.append(_as_float(scope, container, name, float_type))
-    for feature, keys in sorted(layout.splits.items()):
-        cats = known[feature]
+    def category_of(feature: int) -> str:
         column: Column = columns[order[feature]]
-        if not column[1]:
+        if not column[1]:  # numeric categories compare as numbers in the graph's float type
             column = (_as_float(scope, container, column[0], float_type), False)
-        index = category_index(scope, container, column, cats.tolist(), float_type)
-        parts.append(lookup(scope, container, _split_table(op, keys, len(cats)), index, float_type))
-    if not parts:  # no tree splits at all: the trees still need an input
-        index = category_index(scope, container, columns[order[0]], known[0].tolist(), float_type)
-        parts.append(lookup(scope, container, np.zeros((len(known[0]) + 1, 1)), index, float_type))
+        return category_index(scope, container, column, known[feature].tolist(), float_type)
+
+    for feature, keys in sorted(layout.splits.items()):
+        table = _split_table(op, keys, len(known[feature]))
+        parts.append(lookup(scope, container, table, category_of(feature), float_type))
+    if not parts:  # a model without splits: the trees still need an input
+        parts.append(lookup(scope, container, np.zeros((len(known[0]) + 1, 1)), category_of(0), float_type))
     features = node(scope, container, "Concat", parts, axis=1) if len(parts) > 1 else parts[0]
     raw = node(scope, container, "TreeEnsembleRegressor", [features], op_domain="ai.onnx.ml",
                op_version=3 if double else 1, **_tree_attributes(op, layout, double))

@@ -9,12 +9,13 @@ the first conversion that passes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from nbdeploy.convert.conversion import Converted, has_probabilities, to_onnx
+from nbdeploy.convert.strict import with_known_categories
 from nbdeploy.errors import ConversionError
 from nbdeploy.serve.probe import nan_refusing_inputs
 from nbdeploy.serve.sessions import ort_session, session_runner
@@ -162,13 +163,14 @@ def gated_conversion(model: Any, sample: Any, X_check: Any, *, min_agreement: fl
     Raises :class:`FidelityRefused` (before anything is stored) when no conversion passes the gate,
     unless ``force``: then the best conversion is returned with ``report.forced`` set.
     """
-
     signature = from_sample(sample)
     tried: list[tuple[Converted, FidelityReport, Any]] = []
     errors: list[str] = []
     for precision in PRECISIONS:
         try:
             converted = to_onnx(model, signature, precision)
+            # inputs whose encoder refuses unknown categories: known values for the probes, a 4xx for others
+            converted = replace(converted, signature=with_known_categories(model, converted.signature))
         except ConversionError as exc:
             if not tried:
                 raise

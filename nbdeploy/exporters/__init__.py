@@ -39,10 +39,11 @@ def export(name: str, to: str, directory: str | os.PathLike[str], *, version: in
     """Write ``name`` (default: its production version) in format ``to`` into ``directory``.
 
     ``version`` is a version number or an alias. ``directory`` must not exist or be empty; it is
-    written whole or not at all. ``options`` are the format's own (see :data:`OPTIONS`). Returns
-    the directory.
+    written whole or not at all. ``options`` are the format's own (see :data:`OPTIONS`); one that is
+    ``None`` or ``False`` is not asked for, so a caller may pass every option. Returns the directory.
     """
     writer = _writer(to)
+    options = {k: v for k, v in options.items() if v is not None and v is not False}  # not asked for
     unknown = sorted(set(options) - set(OPTIONS[to]))
     if unknown:
         takes = f"takes {', '.join(OPTIONS[to])}" if OPTIONS[to] else "takes no options"

@@ -75,8 +75,8 @@ def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Sto
     meta = version_meta(converted, fidelity, sample)
     meta["profile"] = reference_profile(train_data[0] if train_data else sample)
     meta["run_id"] = run[0] if run else None
-    files = {}
-    files[ESTIMATOR_FILE], meta["estimator"] = estimator_file(model)
+    estimator, meta["estimator"] = estimator_file(model)  # the file, and the types it may be loaded with
+    files = {ESTIMATOR_FILE: estimator}
     if train_data is not None:
         files[TRAIN_FILE] = rows_json(*train_data)
     decision = None

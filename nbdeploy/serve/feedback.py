@@ -23,6 +23,8 @@ full disk, answers 503 with ``Retry-After``: nothing was recorded, send the labe
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,10 +35,24 @@ from nbdeploy.serve.responses import error_response, json_response
 from nbdeploy.store.log import feedback_status
 
 
-async def feedback(request: Request) -> Response:
-    state = request.app.state
+def server_log(state: Any) -> Any | None:
+    """The server's prediction log (``app.state.log``, or the event sink when it takes feedback), if any."""
     log = getattr(state, "log", None) or getattr(state, "sink", None)
-    if not callable(getattr(log, "feedback", None)):
+    return log if callable(getattr(log, "feedback", None)) else None
+
+
+def log_details(state: Any) -> dict[str, Any]:
+    """``{"prediction_log": {"ok": ..., ...}}`` for readiness details, or ``{}`` for a server without a log.
+
+    The log is optional: a log that cannot write (``ok`` false) does not make the server unready.
+    """
+    health = getattr(server_log(state), "health", None)
+    return {"prediction_log": health()} if callable(health) else {}
+
+
+async def feedback(request: Request) -> Response:
+    log = server_log(request.app.state)
+    if log is None:
         raise Unavailable("this server keeps no prediction log, so it cannot take feedback")
     try:
         items = orjson.loads(await request.body())

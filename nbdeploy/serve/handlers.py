@@ -11,6 +11,7 @@ from nbdeploy.errors import InvalidInput, NotFound
 from nbdeploy.serve.batcher import Feeds
 from nbdeploy.serve.codecs.v2 import InferRequest
 from nbdeploy.serve.runtime import LoadedModel, Runtime
+from nbdeploy.signature import MISSING_STRING
 
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -74,18 +75,10 @@ def tensors_by_name(model: LoadedModel, request: InferRequest) -> dict[str, np.n
 
 def validate(model: LoadedModel, tensors: dict[str, np.ndarray]) -> tuple[Feeds, int]:
     """ONNX feeds for named tensors, checked against the signature; also the number of rows."""
-    fast = _fast_feeds(model, tensors)
+    fast = _fast_feeds(model, tensors) if not model.strict else None
     if fast is not None:
         return fast
-    feeds = model.signature.feeds(tensors)
-    for spec in model.signature.inputs:
-        if spec.name in model.no_nan:
-            arr = feeds[spec.onnx_name]
-            missing = np.isnan(arr)
-            if missing.any():
-                row = int(np.argwhere(missing)[0][0])
-                raise InvalidInput(f"input {spec.name!r}: expected a number, got null/NaN at row {row}; "
-                                   "this model cannot take missing values there")
+    feeds = model.signature.feeds(tensors, no_nan=model.no_nan)
     rows = next(iter(feeds.values())).shape[0] if feeds else 0
     return feeds, rows
 
@@ -148,7 +141,9 @@ def _input_details(model: LoadedModel) -> dict[str, dict[str, Any]]:
         if spec.has_missing:
             entry["missing_values"] = "send null"
         if spec.categories:
-            entry["categories"] = list(spec.categories)
+            entry["categories"] = [c for c in spec.categories if c != MISSING_STRING]
+        if spec.refuses_unknown:
+            entry["unknown_categories"] = "refused (400)"
         if entry:
             details[spec.name] = entry
     return details

@@ -44,8 +44,6 @@ NETWORK_WARNING = (
     "not only the HTTP port: run it on a private network behind a firewall, keep Ray's token "
     "authentication on (RAY_AUTH_MODE), and require nbdeploy's token on the endpoint (require_token)."
 )
-MIN_TOKEN_LENGTH = 32  # what the server generates (secrets.token_urlsafe(32) is 43 characters)
-TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _deployed: dict[str, dict[str, Any]] = {}  # app name -> the application config this process deployed
 
 
@@ -116,7 +114,7 @@ def replica_token(store: Store, require_token: bool | None, proxy_host: str | No
     The token is ``NBDEPLOY_TOKEN`` (the same on every node; at least 32 characters), else the
     store's token file (a shared store).
     """
-    from nbdeploy.serve.security import is_loopback, load_or_create_token  # Starlette: only where it serves
+    from nbdeploy.serve.security import check_token, is_loopback, load_or_create_token  # Starlette: only here
 
     exposed = proxy_host is None or not is_loopback(proxy_host)
     if require_token is False and exposed:
@@ -128,11 +126,7 @@ def replica_token(store: Store, require_token: bool | None, proxy_host: str | No
     configured = os.environ.get("NBDEPLOY_TOKEN")
     if configured is None:
         return load_or_create_token(store.home)
-    token = configured.strip()
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise InvalidInput(f"NBDEPLOY_TOKEN is {len(token)} characters long; a token needs at least "
-                           f"{MIN_TOKEN_LENGTH} (make one with {TOKEN_HINT})")
-    return token
+    return check_token(configured.strip())  # the server's one rule for a token
 
 
 def _proxy_host() -> str | None:
@@ -330,7 +324,7 @@ def shutdown_ray() -> None:
     _deployed.clear()
 
 
-__all__ = ["IMPORT_PATH", "MIN_TOKEN_LENGTH", "PinnedStore", "RayExposureWarning", "app_builder",
+__all__ = ["IMPORT_PATH", "PinnedStore", "RayExposureWarning", "app_builder",
            "application_config", "deployment_class", "replica_app", "replica_token", "serve_on_ray", "shutdown_ray",
            "update_ray"]
 

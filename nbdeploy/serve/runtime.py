@@ -23,7 +23,7 @@ from nbdeploy.serve.batcher import Batcher, Feeds, Outputs
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics, VersionStats
 from nbdeploy.serve.probe import batch_helps, check_self_contained, nan_refusing_inputs, single_row_ms
-from nbdeploy.serve.sessions import ort_session
+from nbdeploy.serve.sessions import ModelRunError, ort_session
 from nbdeploy.signature import DATATYPE_TO_NUMPY, Signature
 from nbdeploy.store import PRODUCTION, Store, VersionRecord, version_number
 
@@ -36,12 +36,6 @@ ORT_TO_V2 = {
     "tensor(uint64)": "UINT64", "tensor(uint32)": "UINT32", "tensor(uint16)": "UINT16",
     "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
 }
-
-
-class ModelRunError(NbdeployError):
-    """ONNX Runtime refused inputs that passed validation (for example an unseen category): 422."""
-
-    status = 422
 
 
 @dataclass(eq=False)
@@ -63,6 +57,8 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self._names = list(self.outputs)  # naming the outputs saves ORT a lookup per call
+        # inputs whose encoder refuses unknown categories take the full check, which names the value
+        self.strict = any(s.refuses_unknown for s in self.signature.inputs)
         self.plan = [(s.name, s.onnx_name, s.shape[1] if len(s.shape) > 1 else 1,
                       DATATYPE_TO_NUMPY[s.datatype], False)
                      for s in self.signature.inputs]

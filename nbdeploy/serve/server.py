@@ -40,6 +40,7 @@ from nbdeploy.serve.security import allowed_hosts, is_loopback, load_or_create_t
 from nbdeploy.serve.urls import browser_hosts  # behind jupyter-server-proxy the browser's Host is a hub's name
 from nbdeploy.store import Store
 from nbdeploy.store.events import EventSink, NullSink
+from nbdeploy.store.files import private_file
 
 log = logging.getLogger("nbdeploy.server")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -70,7 +71,7 @@ def _logging(store: Store, level: str) -> None:
     except OSError:
         same = False
     if not same:
-        handler = logging.FileHandler(path)
+        handler = logging.FileHandler(private_file(path))
         handler.setFormatter(formatter)
         ours.addHandler(handler)
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
@@ -78,6 +79,7 @@ def _logging(store: Store, level: str) -> None:
 
 def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
         config: ServeConfig | None = None, allow_hosts: tuple[str, ...] = (), sink: EventSink | None = None) -> None:
+    os.umask(0o077)  # everything the server (and its workers) writes in the store is the owner's alone
     store = Store(home)
     _logging(store, log_level)
     config = config or ServeConfig.from_env()

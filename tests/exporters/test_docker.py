@@ -136,3 +136,6 @@ def test_options_a_format_does_not_take_are_refused(source, out, to, option):
     with pytest.raises(InvalidInput, match=f"export to {to} (takes no options|takes hashes); got {option}"):
         nbdeploy.exporters.export("iris", to, out, home=source["home"], **{option: "x"})
     assert not out.exists()
+    # an option left at its default is not asked for, so a caller may pass every option to every format
+    path = nbdeploy.exporters.export("iris", to, out, home=source["home"], hashes=False, base_image=None)
+    assert (path / "README.md").exists()

@@ -268,3 +268,16 @@ def test_a_locked_log_answers_503_with_retry_after_never_a_bare_500(tmp_path: Pa
     finally:
         holder.close()
         log.close()
+
+
+def test_the_logs_health_for_readiness_details(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from nbdeploy.serve.feedback import log_details
+
+    (tmp_path / "log.db").write_bytes(b"not a database" * 100)
+    log = PredictionLog(tmp_path, start=False)
+    details = log_details(SimpleNamespace(log=log))["prediction_log"]
+    assert details["ok"] and details["recoveries"] == 1 and details["recovered_from"].startswith("log.db.corrupt-")
+    assert log_details(SimpleNamespace()) == {}  # a server without a log says nothing of one
+    log.close()

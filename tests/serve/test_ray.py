@@ -126,7 +126,7 @@ def test_a_replica_requires_the_token_unless_the_proxy_is_on_loopback(tmp_path: 
     assert statuses() == (200, 200)
     assert statuses(require_token=True) == (401, 200)
     monkeypatch.setenv("NBDEPLOY_TOKEN", "x" * 31)
-    with pytest.raises(InvalidInput, match="NBDEPLOY_TOKEN is 31 characters long; a token needs at least 32"):
+    with pytest.raises(InvalidInput, match="the server token has 31 characters; a token needs at least 32"):
         replica(str(store.home), require_token=True)
     monkeypatch.setenv("NBDEPLOY_TOKEN", "t" * 40)
     assert statuses({"Authorization": f"Bearer {'t' * 40}"}, require_token=True) == (200, 200)
