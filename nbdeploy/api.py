@@ -15,7 +15,7 @@ from nbdeploy import exporters
 from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT
 from nbdeploy.deployment import Deployment
 from nbdeploy.display.registry import RegistryTable
-from nbdeploy.errors import InvalidInput, NbdeployError
+from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
 from nbdeploy.serve import process
 from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name, open_store
 
@@ -110,8 +110,13 @@ def stop(name: str, home: str | None = None) -> None:
 
 
 def shutdown(home: str | None = None) -> bool:
-    """Stop the store's server process, if one runs. Models stay registered."""
-    return process.stop_server(open_store(home))
+    """Stop the store's server process, if one runs (False when none does, or there is no store).
+    Models stay registered."""
+    try:
+        store = open_store(home)
+    except NotFound:
+        return False  # nothing was ever served from there; and no store is made to say so
+    return process.stop_server(store)
 
 
 def serve(name: str, *, home: str | None = None, port: int | None = None) -> Deployment:

@@ -20,7 +20,7 @@ from nbdeploy.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_SIDE = ["sklearn", "skl2onnx", "IPython", "ipykernel", "ipywidgets", "matplotlib", "nbdeploy.api",
                  "nbdeploy.deployment", "nbdeploy.lifecycle", "nbdeploy.convert", "nbdeploy.local",
-                 "nbdeploy.display"]
+                 "nbdeploy.display.monitor", "nbdeploy.display.card", "nbdeploy.display.reports"]
 
 SERVER = """
 import json, sys

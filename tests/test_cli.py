@@ -35,12 +35,16 @@ def test_bad_settings_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_list_stop_and_logs(tmp_path: Path, capsys):
     home = str(tmp_path)
+    assert cli.main(["list", "--home", str(tmp_path / "typo")]) == 2  # a missing store is not made here
+    assert "no nbdeploy store at" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+    store = Store(home)
     assert cli.main(["list", "--home", home]) == 0
-    assert "no model is served" in capsys.readouterr().out
+    assert "no models in this store" in capsys.readouterr().out
     assert cli.main(["stop", "nope", "--home", home]) == 2
     assert "no model named 'nope'" in capsys.readouterr().err
-    store = Store(home)
     store.register("iris", b"onnx", {"signature": {"frame": False, "inputs": []}})
+    assert cli.main(["list", "--home", home]) == 0
+    assert "iris: stopped; versions 1 (registered)" in capsys.readouterr().out
     (store.home / "server.log").write_text(
         "x INFO nbdeploy.server: loaded iris version 1 (single row 0.010 ms, batching off)\n"
         "x INFO nbdeploy.server: loaded other version 1\n"

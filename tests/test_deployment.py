@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -19,6 +20,7 @@ def test_predict_ids_feedback_metrics_and_monitor(served, iris) -> None:
     assert len(labels) == len(ids) == 5 and ids[1].endswith(":1")
     _, (single,) = dep.predict(X.iloc[:1], return_ids=True)
     assert ":" not in single
+    assert uuid.UUID(single).version == 7 and uuid.UUID(ids[0].split(":")[0]).version == 7  # the server's keys
     assert dep.feedback(ids, y.iloc[:5])["accepted"] == 5
     assert dep.feedback(ids, y.iloc[:5].to_numpy())["unchanged"] == 5
     with pytest.raises(NbdeployError, match=r"1 of 2 labels were not recorded.*no logged prediction"):

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute
 
 from nbdeploy.errors import NbdeployError
 from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.feedback import log_details
 from nbdeploy.serve.inference import ServerContext
 from nbdeploy.serve.metrics import Metrics, TrafficCollector
 from nbdeploy.serve.monitoring import ServerMonitors
@@ -103,7 +104,8 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     app.state.runtime = runtime
     app.state.sink = sink if sink is not None else NullSink()
     ctx.registry.register(TrafficCollector(metrics, loaded=runtime.loaded, load_failures=lambda: len(runtime.failed),
-                                           dropped=lambda: int(getattr(app.state.sink, "dropped", 0))))
+                                           dropped=lambda: int(getattr(app.state.sink, "dropped", 0)),
+                                           log_health=lambda: log_details(app.state).get("prediction_log")))
     if callable(getattr(sink, "feedback", None)):
         app.state.log = sink  # the prediction log also takes feedback (see serve/feedback.py)
         app.state.monitors = ServerMonitors(store)  # quality, drift and alert gauges on /metrics

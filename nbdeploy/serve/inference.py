@@ -27,7 +27,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve import handlers
+from nbdeploy.serve.batcher import Feeds
 from nbdeploy.serve.codecs.mlflow import decode_scoring_request, encode_predictions
+from nbdeploy.serve.codecs.offload import decode_off_loop
 from nbdeploy.serve.codecs.v2 import decode_infer_request, encode_infer_response
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics
@@ -101,8 +103,9 @@ class InferenceRoute:
             batcher.arriving += 1  # a batch may wait for this one
             try:
                 body = await read_body(receive)
-                request_id, tensors, decoded = self.decode(scope, body, model, ctx)
-                feeds, rows = handlers.validate(model, tensors)
+                # big bodies decode in a thread of their own, so health checks stay fast meanwhile
+                request_id, tensors, decoded, feeds, rows = await decode_off_loop(
+                    len(body), self.prepare, scope, body, model, ctx)
             finally:
                 batcher.arriving -= 1
             tensors = {s.name: feeds[s.onnx_name] for s in model.signature.inputs}
@@ -140,6 +143,13 @@ class InferenceRoute:
                             task = asyncio.ensure_future(run_shadow(shadow, tensors, key, sink))
                             _SHADOW_TASKS.add(task)
                             task.add_done_callback(_SHADOW_TASKS.discard)
+
+    def prepare(self, scope: dict[str, Any], body: bytes, model: LoadedModel,
+                ctx: ServerContext) -> tuple[str | None, dict[str, np.ndarray], Any, Feeds, int]:
+        """Decode and validate: the body's bytes to ONNX feeds (any thread may run this)."""
+        request_id, tensors, decoded = self.decode(scope, body, model, ctx)
+        feeds, rows = handlers.validate(model, tensors)
+        return request_id, tensors, decoded, feeds, rows
 
     def error_fields(self, exc: NbdeployError) -> dict[str, Any]:
         """What the protocol's error body has beside ``error``."""

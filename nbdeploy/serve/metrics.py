@@ -91,9 +91,10 @@ class TrafficCollector(Collector):
     """
 
     def __init__(self, metrics: Metrics, *, loaded: Callable[[], Loaded], load_failures: Callable[[], int],
-                 dropped: Callable[[], int]) -> None:
+                 dropped: Callable[[], int], log_health: Callable[[], dict | None] = lambda: None) -> None:
         self.metrics = metrics
         self.loaded, self.load_failures, self.dropped = loaded, load_failures, dropped
+        self.log_health = log_health
 
     def collect(self) -> Iterator[Metric]:
         versions = sorted(self.metrics.versions.items())
@@ -135,3 +136,9 @@ class TrafficCollector(Collector):
                                 value=self.load_failures())
         yield CounterMetricFamily("nbdeploy_log_dropped", "Prediction events the log could not keep.",
                                   value=self.dropped())
+        health = self.log_health()
+        if health is not None:
+            yield GaugeMetricFamily("nbdeploy_prediction_log_ok", "1 while the prediction log writes; 0 when it "
+                                    "cannot (see /v2/health/ready).", value=int(health["ok"]))
+            yield CounterMetricFamily("nbdeploy_prediction_log_recoveries",
+                                      "Unreadable log.db files set aside for a fresh log.", value=health["recoveries"])

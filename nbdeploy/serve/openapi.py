@@ -65,7 +65,8 @@ SCHEMAS: dict[str, Any] = {
     "Object": {"type": "object"},
     "FeedbackItem": {"type": "object", "required": ["id", "label"], "properties": {
         "id": {"type": "string", "minLength": 1, "maxLength": 256,
-               "description": "The response id of a one-row request, else <id>:<row>"},
+               "description": "A prediction id (X-Request-ID / parameters.prediction_id; <id>:<row> for the "
+                              "rows of a request), or a request's own id when exactly one logged request has it"},
         "label": {"type": ["string", "number", "boolean"]}}},
     "FeedbackRequest": {"oneOf": [{"$ref": "#/components/schemas/FeedbackItem"}, {
         "type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/FeedbackItem"}}]},
@@ -77,7 +78,7 @@ SCHEMAS: dict[str, Any] = {
         "error": {"type": "string"}}},
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
-    "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+    "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}, "prediction_log": {"type": "object"}}},
     "ServerMetadata": {"type": "object", "properties": {
         "name": {"type": "string"}, "version": {"type": "string"},
         "extensions": {"type": "array", "items": {"type": "string"}}}},
@@ -98,12 +99,13 @@ SCHEMAS: dict[str, Any] = {
         "reason": {"type": "string"}}},
     "InputTensor": _TENSOR,
     "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "id": {"type": "string", "maxLength": 256}, "parameters": {"type": "object"},
         "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/InputTensor"}},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"enum": ["label", "probabilities"]}, "parameters": {"type": "object"}}}}}},
     "InferResponse": {"type": "object", "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"prediction_id": {"type": "string"}}},
         "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/InputTensor"}}}},
     "ScoringRequest": {"type": "object", "minProperties": 1, "maxProperties": 2, "properties": {
         "dataframe_split": {"type": "object", "properties": {

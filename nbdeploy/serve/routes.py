@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute
 from nbdeploy._version import __version__
 from nbdeploy.errors import NotFound, Unavailable
 from nbdeploy.serve import handlers
-from nbdeploy.serve.feedback import feedback
+from nbdeploy.serve.feedback import feedback, log_details
 from nbdeploy.serve.inference import Invocations, ServerContext, V2Infer, check_json_object
 from nbdeploy.serve.metrics import CONTENT_TYPE
 from nbdeploy.serve.openapi import DOCS_HTML, document
@@ -44,7 +44,7 @@ async def ready(request: Request) -> Response:
     ctx = _ctx(request)
     if not ctx.runtime.synced or ctx.draining:
         return json_response({"ready": False, "draining": ctx.draining}, status=503)
-    return json_response({"ready": True})
+    return json_response({"ready": True, **log_details(request.app.state)})
 
 
 async def model_metadata(request: Request) -> Response:
@@ -140,7 +140,7 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("POST", "/v2/models/{name}/feedback", feedback, "feedback",
               "Ground-truth labels for logged predictions, by prediction id",
               {**_ok("FeedbackResult", "Every label recorded"),
-               207: Reply("Some labels recorded: see errors", "FeedbackResult")}, (400, 404, 503),
+               207: Reply("Some labels recorded: see errors", "FeedbackResult")}, (400, 404, 409, 503),
               request={JSON: "FeedbackRequest"}),
 ]
 

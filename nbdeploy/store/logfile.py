@@ -30,6 +30,7 @@ log = logging.getLogger("nbdeploy.log")
 # SQLite primary result codes (the low byte of ``sqlite3.Error.sqlite_errorcode``)
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 5, 6, 11, 13, 26
 WRITE_WAIT_S = 2.0  # one write attempt waits this long for a lock; then the writer backs off and tries again
+OPEN_WAIT_S = 5.0  # opening waits this long for another worker preparing the file; longer, the writer tries again
 CONVERT_BELOW = 64 * 1024 * 1024  # an older file smaller than this is vacuumed into incremental mode at open
 WAL_LIMIT = 64 * 1024 * 1024  # the WAL file is truncated to this after a checkpoint (a big batch grows it)
 
@@ -200,7 +201,7 @@ class LogFile:
         return self.writer is not None and self.error is None
 
     def _connect(self) -> None:
-        writer = connect(private_database(self.path))  # a long wait only here: another worker may be preparing it
+        writer = connect(private_database(self.path), timeout=OPEN_WAIT_S)  # another worker may be preparing it
         try:
             prepare(writer)
             writer.execute(f"PRAGMA busy_timeout={int(WRITE_WAIT_S * 1000)}")
@@ -240,6 +241,26 @@ class LogFile:
         self.recovered_from = moved
         self.error = None
         log.error("%s; the predictions before it stay in %s", detail, moved)
+
+    def reopen(self) -> None:
+        """Try again a file that could not be opened (locked at start, a passing I/O error); the writer
+        thread calls it now and then while there is no file, and predictions are counted as dropped."""
+        if self.writer is not None:
+            return
+        try:
+            with self.write_lock, self.feedback_lock:
+                self._connect()
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                self.recover(exc)
+            else:
+                self.error = f"cannot open {self.path}: {exc}"
+            return
+        except OSError as exc:
+            self.error = f"cannot open {self.path}: {exc}"
+            return
+        self.error = None
+        log.warning("%s is open again: predictions are logged again", self.path)
 
     def _disable(self, why: str) -> None:
         self._close()

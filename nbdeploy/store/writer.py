@@ -156,10 +156,13 @@ class LogWriter:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            self._drain(maintain=True)
-            if self._since_trim >= TRIM_ROWS and _TRIM is not None:  # a big request's garbage back to the system
-                self._since_trim = 0
-                _TRIM(0)
+            try:
+                self._drain(maintain=True)
+                if self._since_trim >= TRIM_ROWS and _TRIM is not None:  # a big request's garbage back to the system
+                    self._since_trim = 0
+                    _TRIM(0)
+            except Exception:  # a bug: the thread must live on, or every later prediction is lost unseen
+                self._warn("bug", "the prediction log writer failed; it carries on", exc_info=True)
         self._drain()
 
     def _drain(self, maintain: bool = False) -> None:
@@ -329,9 +332,12 @@ class LogWriter:
     def _maintain(self) -> None:
         """Retention between writes when due: a few short pruning steps, then some free pages back."""
         now = time.monotonic()
-        if now < self._next_prune or self.file.writer is None or self._stop.is_set():
+        if now < self._next_prune or self._stop.is_set():
             return
         self._next_prune = now + PRUNE_EVERY_S
+        if self.file.writer is None:  # no file since start (locked, unreadable): try it again now and then
+            self.file.reopen()
+            return
         try:
             if self.prune(deadline=now + PRUNE_BUDGET_S):
                 self._next_prune = time.monotonic() + 0.2  # more is due: after the next write

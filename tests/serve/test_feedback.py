@@ -281,3 +281,16 @@ def test_the_logs_health_for_readiness_details(tmp_path: Path) -> None:
     assert details["ok"] and details["recoveries"] == 1 and details["recovered_from"].startswith("log.db.corrupt-")
     assert log_details(SimpleNamespace()) == {}  # a server without a log says nothing of one
     log.close()
+
+
+def test_readiness_and_metrics_show_the_prediction_log(make_client, store) -> None:
+    from serve_helpers import scrape
+
+    from nbdeploy.store.log import PredictionLog
+
+    (store.home / "log.db").write_bytes(b"not a database" * 100)
+    client = make_client(sink=PredictionLog(store.home))
+    ready = client.get("/v2/health/ready").json()
+    assert ready["prediction_log"]["ok"] and ready["prediction_log"]["recoveries"] == 1
+    got = scrape(client.get("/metrics").text)
+    assert got("nbdeploy_prediction_log_ok") == 1 and got("nbdeploy_prediction_log_recoveries_total") == 1

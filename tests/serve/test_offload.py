@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
-import pytest
 from serve_helpers import iris_inputs
 
 from nbdeploy.serve.codecs import offload
@@ -86,8 +85,6 @@ def test_decoders_give_the_same_answer_from_many_threads_at_once(iris):
             np.testing.assert_array_equal(want.tensors[name], have.tensors[name])
 
 
-@pytest.mark.xfail(strict=True, reason="serve/inference.py does not decode large bodies off the loop yet: "
-                                      "see codecs/offload.py; drop this mark when it does")
 def test_the_inference_route_decodes_large_bodies_off_the_loop(client, iris, monkeypatch):
     import nbdeploy.serve.inference as inference
 

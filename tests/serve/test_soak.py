@@ -28,7 +28,7 @@ def test_soak(tmp_path: Path) -> None:
     f = soak.run(SECONDS, home=tmp_path / "home", swap_every=3.0)
     print("\n" + f.report())
     assert not f.failures, f.failures[:5]
-    assert f.requests > 1_000 and f.swaps >= SECONDS // 3 - 2 and f.monitor_reads >= SECONDS // 2
+    assert f.requests > 1_000 and f.swaps >= SECONDS // 6 and f.monitor_reads >= SECONDS // 3
     assert f.labels_accepted == f.labels_sent > 0
     # every answered prediction is logged or counted as dropped
     assert f.logged_requests + f.dropped == f.requests

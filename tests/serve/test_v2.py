@@ -122,7 +122,7 @@ def test_tritonclient_binary_request_without_content_type(client, iris):
         (lambda b: b["inputs"][0].update(shape=[1, 2], data=[1, 2]), 400, "expected shape [-1, 1], got [1, 2]"),
         (lambda b: b["inputs"][0].update(shape=[2, 1]), 400, "shape [2, 1] needs 2 elements, got 1"),
         (lambda b: b["inputs"][0].update(data=["x"]), 400, "expected numbers (FP32), got the text 'x' at row 0"),
-        (lambda b: b["inputs"][0].update(data=[None]), 400, "got null/NaN at row 0"),
+        (lambda b: b["inputs"][0].update(data=[None]), 400, "got a missing value (null/NaN) at row 0"),
         (lambda b: b["inputs"][1].update(shape=[1]), 200, ""),
         (lambda b: b["inputs"][0].update(shape=[2, 1], data=[1, 2]), 400, "has 1 rows but other inputs have 2"),
         (lambda b: b.update(outputs=[{"name": "proba"}]), 400, "unknown output 'proba'"),

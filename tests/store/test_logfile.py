@@ -216,3 +216,27 @@ def test_feedback_on_a_locked_log_answers_503_with_retry_after_quickly(tmp_path:
     holder.join()
     assert log.feedback("m", {"id": "k", "label": 1})["accepted"] == 1  # sent again: recorded
     log.close()
+
+
+def test_a_log_locked_when_the_server_starts_is_opened_once_the_lock_goes(tmp_path: Path, monkeypatch) -> None:
+    from nbdeploy.store import writer
+
+    PredictionLog(tmp_path, start=False).close()
+    monkeypatch.setattr(logfile, "OPEN_WAIT_S", 0.2)
+    monkeypatch.setattr(writer, "PRUNE_EVERY_S", 0.2)  # how often the writer tries the file again
+    held = threading.Event()
+    holder = _hold_lock(tmp_path / "log.db", 1.5, held)
+    held.wait(5)
+    log = PredictionLog(tmp_path, interval=0.01)  # the server starts while another process writes
+    assert not log.health()["ok"] and "locked" in log.health()["error"]
+    log.put(event("while-locked"))
+    assert log.dropped == 1  # counted, not lost unseen
+    holder.join()
+    deadline = time.monotonic() + 10
+    while not log.health()["ok"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.health()["ok"]
+    log.put(event("after"))
+    assert log.flush()
+    assert rows(log.path) == [("after", None)]
+    log.close()
