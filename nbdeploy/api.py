@@ -123,15 +123,8 @@ def serve(name: str, *, home: str | None = None, port: int | None = None) -> Dep
     """Serve a stopped model again (its production version), starting the server when none runs."""
     store = open_store(home)
     store.require_model(name)
-    version = store.aliases(name).get(PRODUCTION)
-    if version is None:
-        raise InvalidInput(f"{name!r} has no production version to serve; promote one first "
-                           f"(%deploy promote {name} VERSION)")
     _check_port(store, port)
-    store.set_serving(name, True)
-    _catch_up(store, start=True, port=port)
-    _check_loaded(store, name, version)
-    return Deployment(name=name, home=str(store.home))
+    return Deployment(name=name, home=str(store.home)).serve(port)
 
 
 def train(estimator: Any, X: Any, y: Any, name: str, *, test_size: float = 0.2, stratify: bool = False,

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from nbdeploy import client
-from nbdeploy.convert.fidelity import FidelityReport
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, Unavailable
-from nbdeploy.lifecycle.gate import GateDecision
 from nbdeploy.serve import process
+from nbdeploy.serve.security import read_token
 from nbdeploy.signature import Signature
 from nbdeploy.store import PRODUCTION, Store
 from nbdeploy.store.batch import row_ids
 
+if TYPE_CHECKING:  # only the types: a handle needs neither the converter nor scikit-learn
+    from nbdeploy.convert.fidelity import FidelityReport
+    from nbdeploy.lifecycle.gate import GateDecision
+
 FEEDBACK_CHUNK = 10_000  # labels per request, well under the body limit
+REQUEST_BYTES = 1 << 20  # predictions go in requests of about this size, well under the server's 4 MiB default
 
 
 @dataclass
@@ -102,25 +107,56 @@ class Deployment:
         record = process.recorded_server(store)
         if record is None:
             raise self._not_running()
+        token = read_token(store.home)  # a server bound beyond loopback wants its store's token
         try:
-            return client.post_json(f"{record.url}/v2/models/{self.name}/{action}", payload)
+            return client.post_json(f"{record.url}/v2/models/{self.name}/{action}", payload, token=token)
         except Unavailable:
             live = process.running_server(store)
             if live is None:
                 raise self._not_running() from None
             if live.url == record.url:
                 raise
-        return client.post_json(f"{live.url}/v2/models/{self.name}/{action}", payload)
+        return client.post_json(f"{live.url}/v2/models/{self.name}/{action}", payload, token=token)
 
     def _not_running(self) -> NbdeployError:
-        return Unavailable(f"the server for {self.name!r} is not running; deploy again to start it")
+        return Unavailable(f"the server for {self.name!r} is not running; serve it again with "
+                           f"nbdeploy.get({self.name!r}).serve() (%deploy serve {self.name})")
 
-    def _infer(self, X: Any, outputs: list[str]) -> tuple[dict[str, np.ndarray], str]:
-        """The outputs, and the key the server logged the request under (``parameters.prediction_id``)."""
-        payload = {"inputs": client.v2_inputs(self.signature, X), "outputs": [{"name": o} for o in outputs]}
-        response = self._post("infer", payload)
-        return client.outputs_by_name(response), str((response.get("parameters") or {}).get("prediction_id")
-                                                     or response.get("id"))
+    def _infer(self, X: Any, outputs: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The outputs, and one prediction id per row: the keys the server logged the requests under.
+
+        Inputs too large for one request go in several, each about :data:`REQUEST_BYTES`, one after
+        another over one kept-alive connection; the answers are put back together in order.
+        """
+        inputs = client.v2_inputs(self.signature, X)  # every value checked here, before anything is sent
+        rows = inputs[0]["shape"][0]
+        wanted = [{"name": o} for o in outputs]
+        per_row = len(orjson.dumps(_rows(inputs, 0, min(rows, 256)))) / max(min(rows, 256), 1)
+        chunk = max(1, int(REQUEST_BYTES // max(per_row, 1)))
+        if rows <= chunk:
+            answer = self._post("infer", {"inputs": inputs, "outputs": wanted})
+            return client.outputs_by_name(answer), row_ids(_key(answer), rows)
+        record = process.recorded_server(self._store)
+        if record is None:
+            raise self._not_running()
+        parts: list[dict[str, np.ndarray]] = []
+        ids: list[str] = []
+        with client.Connection(record.url, token=read_token(self._store.home)) as conn:
+            start = 0
+            while start < rows:
+                stop = min(start + chunk, rows)
+                try:
+                    answer = conn.post_json(f"/v2/models/{self.name}/infer",
+                                            {"inputs": _rows(inputs, start, stop), "outputs": wanted})
+                except NbdeployError as exc:
+                    if exc.status == 413 and stop - start > 1:  # a smaller limit than the default: halve
+                        chunk = max(1, (stop - start) // 2)
+                        continue
+                    raise
+                parts.append(client.outputs_by_name(answer))
+                ids += row_ids(_key(answer), stop - start)
+                start = stop
+        return {o: np.concatenate([p[o] for p in parts]) for o in outputs}, ids
 
     def predict(self, X: Any, *, return_ids: bool = False) -> Any:
         """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint.
@@ -128,9 +164,8 @@ class Deployment:
         With ``return_ids=True``, ``(labels, ids)``: one prediction id per row, made by the server
         (unique, whatever else calls the endpoint), for :meth:`feedback`.
         """
-        outputs, request_id = self._infer(X, ["label"])
-        labels = outputs["label"]
-        return (labels, row_ids(request_id, len(labels))) if return_ids else labels
+        outputs, ids = self._infer(X, ["label"])
+        return (outputs["label"], ids) if return_ids else outputs["label"]
 
     def feedback(self, ids: Any, y_true: Any) -> dict[str, Any]:
         """Ground truth for earlier predictions (``ids`` from ``predict(..., return_ids=True)``).
@@ -200,8 +235,25 @@ class Deployment:
         return (f"curl -s -X POST {self.url}/infer -H 'Content-Type: application/json' "
                 f"-d '{json.dumps(example)}'")
 
+    def serve(self, port: int | None = None) -> Deployment:
+        """Serve this model again after :meth:`stop` (its production version), starting the store's
+        server when none runs (on ``port``, else a free one); returns once the server has it ready."""
+        store = self._store
+        version = self.version
+        if version is None:
+            raise InvalidInput(f"{self.name!r} has no production version to serve; promote one first "
+                               f"(%deploy promote {self.name} VERSION)")
+        store.set_serving(self.name, True)
+        generation = store.generation()
+        process.ensure_server(store, port)
+        process.wait_applied(store, generation)
+        state, error = store.served().get((self.name, version), ("missing", "the server did not load it"))
+        if state != "ready":
+            raise NbdeployError(f"the server could not load {self.name!r} version {version}: {error}", 500)
+        return self
+
     def stop(self) -> None:
-        """Stop serving this model; the server exits when it serves nothing else."""
+        """Stop serving this model; the server exits when it serves nothing else. :meth:`serve` undoes it."""
         store = self._store
         store.set_serving(self.name, False)
         if not store.serving_models():
@@ -237,3 +289,18 @@ class Deployment:
 
     def __repr__(self) -> str:
         return f"Deployment(name={self.name!r}, version={self.version}, url={self.url!r}, status={self.status!r})"
+
+
+def _rows(inputs: list[dict[str, Any]], start: int, stop: int) -> list[dict[str, Any]]:
+    """The V2 inputs of rows ``start:stop`` (each input's data is flat and row-major)."""
+    out = []
+    for spec in inputs:
+        width = spec["shape"][1] if len(spec["shape"]) > 1 else 1
+        out.append({**spec, "shape": [stop - start, *spec["shape"][1:]],
+                    "data": spec["data"][start * width:stop * width]})
+    return out
+
+
+def _key(answer: dict[str, Any]) -> str:
+    """The key the server logged a request under (``parameters.prediction_id``; ``id`` before it had one)."""
+    return str((answer.get("parameters") or {}).get("prediction_id") or answer.get("id"))

@@ -80,7 +80,8 @@ def test_requests_are_checked_by_the_users_column_names(frame) -> None:
 def test_a_missing_bool_where_the_sample_had_none_says_what_to_do(frame) -> None:
     sig = from_sample(frame)
     tensors = sig.encode(frame)
-    with pytest.raises(InvalidInput, match=r"input 'garden': expected booleans.*got a missing value \(null\) at row 1.*deploy with a sample"):
+    refused = r"input 'garden': expected booleans.*got a missing value \(null\) at row 1.*deploy with a sample"
+    with pytest.raises(InvalidInput, match=refused):
         sig.feeds({**tensors, "garden": np.array([1.0, np.nan, 0.0])})
 
 

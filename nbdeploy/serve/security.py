@@ -98,6 +98,14 @@ def check_settings(token: str | None, allowed_origins: frozenset[str]) -> None:
                            "(bind a non-loopback address, or list the origins instead)")
 
 
+def read_token(home: Path) -> str | None:
+    """The store's server token, if the server made one (it listens beyond loopback); never creates it."""
+    try:
+        return (home / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def load_or_create_token(home: Path) -> str:
     """The store's server token, created (0600, owner only) on first use. Never logged.
 
