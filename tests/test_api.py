@@ -123,7 +123,8 @@ def test_a_handle_reads_its_store_once_and_asks_the_server_only_for_status(tmp_p
         np.testing.assert_array_equal(copy.predict(X.head(3)), model.predict(X.head(3)))
     finally:
         nbdeploy.shutdown(home)
-    with pytest.raises(NbdeployError, match="the server for 'iris' is not running; deploy again"):
+    with pytest.raises(NbdeployError, match=r"the server for 'iris' is not running; serve it again with "
+                                            r"nbdeploy.get\('iris'\).serve\(\)"):
         dep.predict(X.head(1))
 
 
