@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from nbdeploy.errors import InvalidInput
 from nbdeploy.serve.origins import parse_allowed
+from nbdeploy.store.settings import read_env
 
 BATCHING_MODES = ("auto", "on", "off")
 
@@ -75,17 +75,6 @@ class ServeConfig:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServeConfig:
         """Defaults, then ``NBDEPLOY_<FIELD>`` variables, then ``overrides`` that are not None."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"NBDEPLOY_{f.name.upper()}")
-            if raw is None:
-                continue
-            kind = type(f.default)
-            try:
-                values[f.name] = kind(raw) if kind is not int else int(raw)
-            except ValueError:
-                what = {int: "an integer", float: "a number"}.get(kind, "a string")
-                raise InvalidInput(f"NBDEPLOY_{f.name.upper()} must be {what}, got {raw!r}") from None
+        values = read_env(cls, "NBDEPLOY_", environ)
         config = cls(**values)
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

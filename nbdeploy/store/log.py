@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -49,6 +48,7 @@ from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
 from nbdeploy.store.logfile import LogFile, connect
 from nbdeploy.store.reader import LOG_FILE, LogReader
+from nbdeploy.store.settings import read_env
 from nbdeploy.store.writer import LogWriter, Profiles
 
 log = logging.getLogger("nbdeploy.log")
@@ -84,18 +84,7 @@ class LogSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LogSettings:
         """Defaults, then ``NBDEPLOY_LOG_<FIELD>`` variables."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"NBDEPLOY_LOG_{f.name.upper()}")
-            if raw is None:
-                continue
-            kind = type(f.default)
-            try:
-                values[f.name] = kind(raw) if kind is float else int(float(raw))
-            except ValueError:
-                raise InvalidInput(f"NBDEPLOY_LOG_{f.name.upper()} must be a number, got {raw!r}") from None
-        return cls(**values)
+        return cls(**read_env(cls, "NBDEPLOY_LOG_", environ))
 
 
 class LogUnavailable(Unavailable):

@@ -328,7 +328,7 @@ def test_settings_come_from_the_environment() -> None:
                                      "NBDEPLOY_LOG_FEEDBACK_TIMEOUT_S": "2"})
     assert (settings.max_age_days, settings.max_rows, settings.feedback_timeout_s) == (7.5, 1000, 2.0)
     assert LogSettings.from_env({}) == LogSettings() and LogSettings().max_age_days == 30
-    with pytest.raises(InvalidInput, match="NBDEPLOY_LOG_MAX_ROWS must be a number"):
+    with pytest.raises(InvalidInput, match="NBDEPLOY_LOG_MAX_ROWS must be an integer"):
         LogSettings.from_env({"NBDEPLOY_LOG_MAX_ROWS": "lots"})
     with pytest.raises(InvalidInput, match="NBDEPLOY_LOG_MAX_BYTES must be a non-negative number"):
         LogSettings(max_bytes=-1)
