@@ -31,12 +31,13 @@ pytestmark = pytest.mark.server
 def customers(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = pd.DataFrame({
-        "tenure": rng.uniform(0, 60, n).round(1),  # no missing values: the model cannot take one here
+        "tenure": rng.uniform(0, 60, n).round(1),  # no missing values in the sample (imputed all the same)
         "income": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(10, 0.4, n)),  # imputed
         "plan": rng.choice(["basic", "plus", "pro"], n).astype(object),
         "city": pd.Series(rng.choice(["paris", "lyon", None], n), dtype="str"),
         "age": rng.integers(18, 80, n),
         "member": rng.random(n) < 0.4,
+        "score": rng.normal(0, 1, n),  # passed through as it is: the model cannot take a missing value here
     })
     y = (X["tenure"] / 60 + X["member"] * 0.5 + rng.normal(0, 0.2, n) > 0.6).astype(int).to_numpy()
     return X, y
@@ -46,7 +47,7 @@ def pipeline() -> Pipeline:
     prep = ColumnTransformer([
         ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["tenure", "income", "age"]),
         ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan", "city"]),
-        ("flag", "passthrough", ["member"]),
+        ("flag", "passthrough", ["member", "score"]),
     ])
     return make_pipeline(prep, LogisticRegression(max_iter=500))
 
@@ -62,7 +63,8 @@ BATTERY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "a missing column": lambda f: f.drop(columns=["plan"]),
     "an extra column": lambda f: f.assign(churned=[0, 1, 0, 1]),
     "fractional numbers in an integer column": lambda f: f.assign(age=[30.5, 40.0, 50.0, 60.0]),
-    "NaN where the model takes none": lambda f: f.assign(tenure=[1.0, np.nan, 3.0, 4.0]),
+    "NaN in a column the sample had none in (imputed)": lambda f: f.assign(tenure=[1.0, np.nan, 3.0, 4.0]),
+    "NaN where the model takes none": lambda f: f.assign(score=[0.1, np.nan, 0.3, 0.4]),
     "NaN where the model imputes": lambda f: f.assign(income=[np.nan, 1.0, np.nan, 2.0]),
     "None in a boolean column": lambda f: f.assign(member=pd.Series([True, None, False, True], dtype=object)),
     "pd.NA in a nullable integer column": lambda f: f.assign(age=pd.array([30, pd.NA, 50, 60], dtype="Int64")),
