@@ -3,16 +3,13 @@
 The server hands events to an :class:`EventSink`. A sink must never block the request or raise:
 when it cannot keep up it drops events and counts them in ``dropped`` (exported on ``/metrics``
 as ``nbdeploy_log_dropped_total``). :class:`NullSink` logs nothing and costs nothing: the server
-does not even build events for it. :class:`QueueSink` is the usual shape of a real sink: a
-bounded queue in front of one writer thread that receives events in batches.
+does not even build events for it. The prediction log (:mod:`nbdeploy.store.log`)
+is the real sink: a bounded queue in front of one writer thread.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -58,57 +55,3 @@ class NullSink:
 
     def put(self, event: PredictionEvent) -> None:
         return None
-
-
-class QueueSink:
-    """A bounded queue drained by one daemon thread that calls ``writer(events)`` in batches.
-
-    ``put`` drops (and counts) events when the queue is full; a writer that raises loses that
-    batch, which is counted too, and the thread carries on.
-    """
-
-    def __init__(self, writer: Callable[[list[PredictionEvent]], None], maxsize: int = 10_000,
-                 batch: int = 256) -> None:
-        self.dropped = 0
-        self._writer = writer
-        self._batch = batch
-        self._queue: queue.Queue[PredictionEvent | None] = queue.Queue(maxsize)
-        self._thread = threading.Thread(target=self._drain, name="nbdeploy-event-sink", daemon=True)
-        self._thread.start()
-
-    def put(self, event: PredictionEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop the thread."""
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-    def _drain(self) -> None:
-        while True:
-            first = self._queue.get()
-            events = [] if first is None else [first]
-            stop = first is None
-            while not stop and len(events) < self._batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                else:
-                    events.append(nxt)
-            if events:
-                try:
-                    self._writer(events)
-                except Exception:
-                    self.dropped += len(events)
-                    log.exception("the prediction log could not write %d events", len(events))
-            if stop:
-                return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -235,7 +235,3 @@ def stale(rows: list[Row], text: str) -> list[str]:
             if shown.get(key) != value:
                 problems.append(f"{r.case}: page says {key} {shown.get(key)!r}, the matrix gives {value!r}")
     return problems
-
-
-def to_json(rows: list[Row]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in rows]
