@@ -193,8 +193,8 @@ class Signature:
         """Named tensors back as the data the model was fitted on: a DataFrame with the sample's dtypes
         (categories, nullable integers and booleans, text with real missing values), or a 2-D array.
 
-        ``decode(encode(X))`` is ``X`` as the served model sees it; scikit-learn run on that sees what
-        ONNX Runtime sees (the fidelity check, retraining on logged traffic).
+        ``decode(encode(X))`` is ``X`` as the served model sees it: retraining on logged traffic fits
+        scikit-learn on what ONNX Runtime was given (missing text as NaN, categories as categories).
         """
         if not self.frame:
             spec = self.inputs[0]

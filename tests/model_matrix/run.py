@@ -190,6 +190,12 @@ def render(rows: list[Row]) -> str:
         "held-out rows whose two best classes have exactly the same probability: the served label is the first",
         "of them, as scikit-learn's.",
         "",
+        "Served probabilities are in [0, 1] and each row sums to 1 (within 1e-6), as float32 when the graph",
+        "computes in FP32 and float64 in FP64, from the endpoint, `Deployment.predict_proba` and `nbdeploy.load`",
+        "alike. Encoders that refuse unknown categories (`OneHotEncoder()` and `OrdinalEncoder()` as scikit-learn",
+        "makes them) deploy: the categories they know are in the model metadata (`parameters.input_details`),",
+        "and a request with another value gets a 400 naming the input and the value, as scikit-learn raises.",
+        "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
