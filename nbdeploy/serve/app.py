@@ -85,6 +85,7 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
             yield
         finally:
             ctx.draining = True
+            ctx.refusals.flush()
             stop.set()
             thread.join(timeout=5)
             await run_in_threadpool(runtime.close)

@@ -33,6 +33,7 @@ from nbdeploy.serve.codecs.offload import decode_off_loop
 from nbdeploy.serve.codecs.v2 import decode_infer_request, encode_infer_response
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics
+from nbdeploy.serve.refusals import RefusalLog
 from nbdeploy.serve.responses import INTERNAL, RawHeaders, error_body, error_headers, raw_headers, send_bytes
 from nbdeploy.serve.runtime import LoadedModel, Runtime
 from nbdeploy.store import SHADOW
@@ -53,6 +54,7 @@ class ServerContext:
     config: ServeConfig
     draining: bool = False
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))  # /metrics
+    refusals: RefusalLog = field(default_factory=RefusalLog)  # why clients are turned away, in the server log
 
 
 def new_id() -> str:
@@ -115,6 +117,8 @@ class InferenceRoute:
         except ClientGone:
             return
         except NbdeployError as exc:
+            if model is not None:
+                ctx.refusals.note(model.name, exc.status, exc.message)
             status, payload = exc.status, error_body(exc.message, self.error_fields(exc))
             extra = raw_headers(error_headers(exc))  # Retry-After on a full queue
             content_type, error, results = b"application/json", exc.message, {}
