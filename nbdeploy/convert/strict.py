@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from nbdeploy.signature import MISSING_STRING, Signature
 
 _ENCODERS = ("OneHotEncoder", "OrdinalEncoder")
@@ -74,17 +76,16 @@ def _strict_encoder(transformer: Any) -> tuple[Any, bool]:
 
 
 def _column_names(columns: Any, names: list[str]) -> list[str]:
+    """A ColumnTransformer's column selection (names, positions or a boolean mask over
+    ``feature_names_in_``) as names; a selection it cannot read gives none (nothing is recorded)."""
     if isinstance(columns, str):
         return [columns]
-    out = []
-    for c in list(columns):
-        if isinstance(c, str):
-            out.append(c)
-        elif isinstance(c, (int,)) or type(c).__name__.startswith("int"):
-            out.append(names[int(c)] if names else str(c))
-        elif isinstance(c, bool):
-            continue
-    return out
+    if callable(columns):
+        return []
+    chosen = list(columns)
+    if chosen and all(isinstance(c, (bool, np.bool_)) for c in chosen):
+        return [name for name, keep in zip(names, chosen, strict=False) if keep]
+    return [c if isinstance(c, str) else (names[int(c)] if names else str(c)) for c in chosen]
 
 
 def _missing(value: Any) -> bool:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from nbdeploy.store.writes import transaction
+
 PRUNE_BATCH = 2_000  # rows per step: a few milliseconds of write lock
 RECLAIM_PAGES = 1_024  # pages returned per step
 SLACK_PAGES = 2_048  # free pages kept for new rows (8 MiB of 4 KiB pages), or a tenth of the file if more
@@ -49,32 +51,20 @@ def prune_step(db: sqlite3.Connection, *, now: float, max_age_s: float, max_rows
     if max_bytes and used_bytes(db) > max_bytes:
         cut = end + 1
     before = now - max_age_s if max_age_s else float("-inf")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         n = db.execute("DELETE FROM predictions WHERE seq BETWEEN ? AND ? AND (seq < ? OR ts < ?)",
                        (lo, end, cut, before)).rowcount
         if n:  # also catches a label that raced its prediction's deletion
             db.execute("DELETE FROM feedback WHERE pred_seq <= ? AND NOT EXISTS "
                        "(SELECT 1 FROM predictions p WHERE p.seq = feedback.pred_seq)", (end,))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return n
 
 
 def prune_rollups(db: sqlite3.Connection, before_bucket: int) -> int:
     """Delete rollup buckets older than ``before_bucket`` (a full scan of small tables: call it rarely)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         n = db.execute("DELETE FROM rollup WHERE bucket < ?", (before_bucket,)).rowcount
         n += db.execute("DELETE FROM feature_rollup WHERE bucket < ?", (before_bucket,)).rowcount
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return n
 
 
