@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any
 from nbdeploy import exporters
 from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT
 from nbdeploy.deployment import Deployment
+from nbdeploy.display.alerts import AlertHistory
 from nbdeploy.display.registry import RegistryTable
-from nbdeploy.errors import InvalidInput, NbdeployError, NotFound
+from nbdeploy.errors import Conflict, InvalidInput, NbdeployError, NotFound
 from nbdeploy.serve import process
-from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name, open_store
+from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name, open_store, removal, upgrading
+from nbdeploy.store import alerts as alert_store
+from nbdeploy.store.registry import CANARY
+from nbdeploy.store.removal import Removal
+from nbdeploy.store.upgrading import Upgrade
 
 if TYPE_CHECKING:
     from nbdeploy.lifecycle.evaluation import EvaluationResult
@@ -119,6 +124,46 @@ def shutdown(home: str | None = None) -> bool:
     return process.stop_server(store)
 
 
+def delete(name: str, version: int | str | None = None, *, alias: str | None = None, force: bool = False,
+           home: str | None = None) -> Removal:
+    """Delete ``version`` of ``name``, or only its ``alias``, or (with neither) the whole model.
+
+    A version goes with its files and its logged predictions, feedback and rollups; a whole model with
+    every version, run and log row. What an alias points at is refused unless ``force``: then the aliases
+    pointing at it go too, and without ``production`` the model is no longer served (a running server
+    stops answering for it without a restart; it exits when it serves nothing else). Version numbers
+    are never given again. Returns what was removed (printable).
+    """
+    store = open_store(home)
+    return _remove(store, [removal.plan_delete(store, name, version, alias=alias, force=force)])[0]
+
+
+def prune(name: str | None = None, *, keep: int, dry_run: bool = False, home: str | None = None) -> list[Removal]:
+    """Keep the newest ``keep`` versions of each model (or of ``name``) and every version an alias points
+    at; delete the others as :func:`delete` does. ``dry_run`` only says what would go. Returns one
+    :class:`Removal` per model that had something to remove."""
+    store = open_store(home)
+    plans = removal.plan_prune(store, name, keep=keep)
+    return plans if dry_run else _remove(store, plans)
+
+
+def _remove(store: Store, plans: list[Removal]) -> list[Removal]:
+    done = []
+    for plan in plans:
+        if plan.stops_serving and plan.name in store.serving_models():
+            Deployment(name=plan.name, home=str(store.home)).stop()  # the server lets it go before its files do
+        done.append(removal.remove(store, plan))
+    if process.running_server(store):
+        process.wait_applied(store, store.generation())
+    return done
+
+
+def upgrade(home: str | None = None) -> Upgrade:
+    """Bring the store at ``home``, made by an older nbdeploy, to this nbdeploy's format, in place (a copy
+    of its database is kept first); see docs/upgrading.md. Returns what it did (printable)."""
+    return upgrading.upgrade(home)
+
+
 def serve(name: str, *, home: str | None = None, port: int | None = None) -> Deployment:
     """Serve a stopped model again (its production version), starting the server when none runs."""
     store = open_store(home)
@@ -213,6 +258,54 @@ def shadow(name: str, version: int | None, *, home: str | None = None) -> Deploy
     return Deployment(name=name, home=str(store.home))
 
 
+def canary(name: str, version: int | str | None = None, *, percent: float = 10.0, key: str | None = None,
+           promote_after: int | None = None, guards: dict[str, Any] | None = None, stop: bool = False,
+           home: str | None = None) -> dict[str, Any]:
+    """Send ``percent`` % of ``name``'s un-versioned requests to ``version``, guarded; ``stop=True`` ends it.
+
+    Requests are bucketed by the value of header ``key`` (default ``X-Client-ID``; at random without
+    one), so a client stays on one arm. The server's guards (``guards=`` overrides the defaults of
+    :data:`nbdeploy.monitor.canary.DEFAULT_GUARDS`) compare the canary's error rate, p99 latency and
+    accuracy (realised, and estimated before labels) with production's, and abort it by themselves on
+    a breach: all traffic back to production, and an ``ALERT`` recorded. With ``promote_after``, a canary
+    that answered that many requests within its guards becomes production (a rollback undoes it),
+    provided the promotion gate, run here first on the version's labelled held-out rows, passed or had
+    nothing to judge. Returns once the server routes to it: the canary's status (as
+    ``Deployment.health()["canary"]``), whose ``promotion`` says what the gate decided.
+    """
+    from nbdeploy.lifecycle.promotion import judge_stored
+    from nbdeploy.monitor.canary import canary_snapshot, guard_thresholds
+    from nbdeploy.store.canary import ABORTED, STOPPED, check_canary, end_canary, start_canary
+    from nbdeploy.store.reader import LogReader
+
+    store = open_store(home)
+    store.require_model(name)
+    if stop:
+        if version is not None:
+            raise InvalidInput("stop=True ends the running canary: give no version")
+        if end_canary(store, name, STOPPED, "stopped by the user") is None:
+            raise Conflict(f"model {name!r} has no canary running")
+        _catch_up(store)
+    else:
+        if version is None:
+            raise InvalidInput("give the version to run as a canary (or stop=True to end the running one)")
+        record = store.version(name, version)  # a number or its digits; NotFound naming the versions
+        thresholds = guard_thresholds(guards)
+        check_canary(store, name, record.version, percent, promote_after, key)  # before the gate's work
+        decision = judge_stored(store, record)  # None: no labelled held-out rows, nothing to gate on
+        start_canary(store, name, record.version, percent, key=key, promote_after=promote_after, guards=thresholds,
+                     gate=None if decision is None else decision.to_dict())
+        try:
+            _catch_up(store, start=True)
+            _check_loaded(store, name, record.version)
+        except NbdeployError as exc:  # production keeps all traffic; the canary is recorded as never having run
+            end_canary(store, name, ABORTED, f"the server could not serve it: {exc.message}")
+            _catch_up(store)
+            raise
+    with LogReader(store.home) as reader:
+        return canary_snapshot(store, reader, name)
+
+
 def rollback(name: str, *, alias: str = PRODUCTION, home: str | None = None) -> Deployment:
     """Serve the version ``alias`` had before its last move (repeat to go further back)."""
     from nbdeploy.lifecycle.promotion import rollback as _rollback
@@ -227,10 +320,14 @@ def models(home: str | None = None) -> RegistryTable:
     """Every model in the store: each version and its state, aliases, status, URL and the key metric.
 
     The one view of a store: ``%deploy list`` and ``nbdeploy list`` show this. Version states:
-    ``serving`` (production or shadow of a served model), ``stopped`` (production of a stopped model),
+    ``serving`` (production, shadow or canary of a served model), ``stopped`` (production of a stopped model),
     ``refused`` (the promotion gate refused it), ``registered`` (stored, not served).
     """
-    store = open_store(home)
+    return RegistryTable(_registry_rows(open_store(home)))
+
+
+def _registry_rows(store: Store) -> list[dict[str, Any]]:
+    """The rows of :func:`models` (the models panel refreshes them too)."""
     server = process.running_server(store)
     served = store.served() if server else {}
     serving = set(store.serving_models())
@@ -249,7 +346,7 @@ def models(home: str | None = None) -> RegistryTable:
             status = "server down"
         else:
             status = served.get((name, production or -1), ("starting", None))[0]
-        live = {aliases.get(PRODUCTION), aliases.get(SHADOW)} - {None}
+        live = {aliases.get(PRODUCTION), aliases.get(SHADOW), aliases.get(CANARY)} - {None}
         states = {v.version: ("refused" if v.status == "refused" else
                               ("serving" if name in serving else "stopped") if v.version in live else "registered")
                   for v in versions}
@@ -259,7 +356,7 @@ def models(home: str | None = None) -> RegistryTable:
             "status": status, "url": f"{server.url}/v2/models/{name}" if server and name in serving else None,
             "metric": primary, "score": score,
         })
-    return RegistryTable(rows)
+    return rows
 
 
 def monitor(name: str, *, interval: float = 3.0, sidecar: bool = False, home: str | None = None,
@@ -268,11 +365,97 @@ def monitor(name: str, *, interval: float = 3.0, sidecar: bool = False, home: st
     return get(name, home).monitor(interval=interval, sidecar=sidecar, **options)
 
 
+def report(name: str, to: str | os.PathLike[str] | None = None, *, since: Any = None,
+           home: str | None = None) -> Any:
+    """One self-contained HTML page of ``name``'s history: versions with their metrics, fidelity and gate
+    decisions; quality, drift, traffic and latency over time with every deploy, retrain, promotion,
+    rollback, canary and alert marked; the alerts and canaries. From the first deploy, or ``since`` (a time).
+
+    With ``to``, writes the page there and returns its path; else returns the report, which shows inline.
+    Charts are inlined as PNG and the page links to nothing, so it opens offline.
+    """
+    from nbdeploy.display.history import report as render
+    from nbdeploy.monitor.timeline import history
+    from nbdeploy.store.reader import LogReader
+
+    store = open_store(home)
+    with LogReader(store.home) as log:
+        page = render(history(store, name, log, since=since))
+    return page if to is None else page.save(to)
+
+
+NOT_GIVEN: Any = object()  # ``alerts(name)`` leaves the webhook as it is; ``webhook=None`` clears it
+
+
+def alerts(name: str, *, webhook: str | None = NOT_GIVEN, limit: int = 50, home: str | None = None) -> AlertHistory:
+    """The latest ``limit`` alerts of ``name`` as the server recorded them, and where they are sent.
+
+    ``webhook=URL`` (http:// or https://) has the server POST each alert raised from now on to URL as
+    JSON; ``webhook=None`` stops sending. The server judges the levels whether or not a notebook is
+    open (see docs/user-guide.md, "Alerts").
+    """
+    store = open_store(home)
+    store.require_model(name)
+    if webhook is not NOT_GIVEN:
+        alert_store.set_webhook(store, name, webhook)
+    hook = alert_store.webhook(store, name)
+    rows = [a.to_dict() for a in alert_store.alerts(store, name, limit=limit)]
+    return AlertHistory(name, rows, alert_store.redact(hook.url) if hook else None)
+
+
 def stop_monitors(name: str | None = None) -> int:
     """Stop this kernel's live monitors of ``name`` (or all), leaving their last state; returns how many."""
     from nbdeploy.display.monitor import stop_monitors as stop_widgets
 
     return stop_widgets(name)
+
+
+def panel(home: str | None = None, *, interval: float = 5.0, inline: bool = False) -> Any:
+    """Every model of the store, live, in JupyterLab's side area: status light, versions and aliases, requests
+    per minute over the last hour, the last alert, a running canary's progress; buttons open the monitor,
+    roll production back and stop a canary.
+
+    Refreshes every ``interval`` seconds from a background thread until stopped (its Stop button,
+    :func:`stop_panels`). Shown in the notebook instead when ``inline``, when the ``sidecar`` package is
+    missing, or outside JupyterLab (with a note saying so). One panel per store in a kernel.
+    """
+    from nbdeploy.display.panel import PanelActions, models_panel
+    from nbdeploy.monitor.overview import Overview
+
+    if not interval > 0:
+        raise InvalidInput(f"interval must be a positive number of seconds, got {interval}")
+    store = open_store(home)
+    path = str(store.home)
+    overview = Overview(store)
+    cache: dict[str, Any] = {}
+
+    def fetch() -> list[dict[str, Any]]:
+        # The registry part changes only with the store's generation or the server: re-read it only then.
+        record = process.recorded_server(store)
+        key = (store.generation(), record and (record.pid, record.applied))
+        if cache.get("key") != key:
+            rows = _registry_rows(store)
+            for row in rows:
+                row["previous"] = store.previous_version(row["name"])
+            cache.update(key=key, rows=rows)
+        return overview.rows(cache["rows"])
+
+    def roll_back(name: str) -> str:
+        return f"production → v{rollback(name, home=path).version}"
+
+    def stop_canary(name: str) -> str:
+        canary(name, stop=True, home=path)
+        return "canary stopped: production answers every request again"
+
+    actions = PanelActions(monitor=lambda name: monitor(name, home=path), rollback=roll_back, stop_canary=stop_canary)
+    return models_panel(fetch, actions, key=path, interval=interval, inline=inline, on_stop=overview.close)
+
+
+def stop_panels() -> int:
+    """Stop this kernel's live models panels, leaving their last state; returns how many."""
+    from nbdeploy.display.panel import stop_panels as stop_widgets
+
+    return stop_widgets()
 
 
 def export(name: str, to: str, directory: str | os.PathLike[str], *, version: int | str | None = None,

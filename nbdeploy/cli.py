@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many of the last lines (default 50)")
     logs.add_argument("--home", dest="sub_home", help="store directory")
+    delete = sub.add_parser("delete", help="delete a version, an alias, or (with neither) a whole model, with its "
+                                           "files and logged predictions")
+    delete.add_argument("name")
+    delete.add_argument("version", nargs="?", help="version number (default: the whole model)")
+    delete.add_argument("--alias", help="remove this alias only")
+    delete.add_argument("--force", action="store_true",
+                        help="also delete what an alias points at, removing the alias (production: stops serving)")
+    delete.add_argument("--home", dest="sub_home", help="store directory")
+    prune = sub.add_parser("prune", help="delete all but the newest N versions of each model (or one), keeping "
+                                         "every version an alias points at")
+    prune.add_argument("name", nargs="?", help="only this model (default: every model)")
+    prune.add_argument("--keep", type=int, required=True, metavar="N", help="newest versions to keep per model")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    prune.add_argument("--home", dest="sub_home", help="store directory")
+    upgrade = sub.add_parser("upgrade", help="bring a store made by an older nbdeploy to this one's format "
+                                             "(a copy of its database is kept first)")
+    upgrade.add_argument("--home", dest="sub_home", help="store directory")
     return parser
 
 
@@ -64,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.name}, or nbdeploy.get({args.name!r}).serve())")
         elif args.command == "shutdown":
             print("server stopped" if api.shutdown(home) else "no server was running")
+        elif args.command == "delete":
+            print(api.delete(args.name, args.version, alias=args.alias, force=args.force, home=home))
+        elif args.command == "prune":
+            removed = api.prune(args.name, keep=args.keep, dry_run=args.dry_run, home=home)
+            print("\n".join(map(str, removed)) or "nothing to prune")
+        elif args.command == "upgrade":
+            print(api.upgrade(home))
     except NbdeployError as exc:
         print(f"nbdeploy: {exc.message}", file=sys.stderr)
         return 2

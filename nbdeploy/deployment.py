@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 
 from nbdeploy import client
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, Unavailable
@@ -122,49 +121,47 @@ class Deployment:
         return Unavailable(f"the server for {self.name!r} is not running; serve it again with "
                            f"nbdeploy.get({self.name!r}).serve() (%deploy serve {self.name})")
 
-    def _infer(self, X: Any, outputs: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    def _infer(self, X: Any, outputs: list[str],
+               progress: bool | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """The outputs, and one prediction id per row: the keys the server logged the requests under.
 
         Inputs too large for one request go in several, each about :data:`REQUEST_BYTES`, one after
-        another over one kept-alive connection; the answers are put back together in order.
+        another over one kept-alive connection (:func:`nbdeploy.client.infer_in_requests`); the answers
+        are put back together in the order of the rows.
         """
-        inputs = client.v2_inputs(self.signature, X)  # every value checked here, before anything is sent
-        rows = inputs[0]["shape"][0]
-        wanted = [{"name": o} for o in outputs]
-        per_row = len(orjson.dumps(_rows(inputs, 0, min(rows, 256)))) / max(min(rows, 256), 1)
-        chunk = max(1, int(REQUEST_BYTES // max(per_row, 1)))
+        signature = self.signature
+        tensors = signature.encode(X)  # every value checked here, before anything is sent
+        rows = client.rows_of(tensors)
+        chunk = client.rows_per_request(signature, tensors, REQUEST_BYTES)
         if rows <= chunk:
-            answer = self._post("infer", {"inputs": inputs, "outputs": wanted})
-            return client.outputs_by_name(answer), row_ids(_key(answer), rows)
+            wanted = [{"name": o} for o in outputs]
+            try:
+                answer = self._post("infer", {"inputs": client.v2_tensors(signature, tensors), "outputs": wanted})
+                return client.outputs_by_name(answer), row_ids(client.prediction_key(answer), rows)
+            except NbdeployError as exc:
+                if exc.status != 413 or rows == 1:
+                    raise
+                chunk = max(1, rows // 2)  # the server takes less than the default: send halves
         record = process.recorded_server(self._store)
         if record is None:
             raise self._not_running()
-        parts: list[dict[str, np.ndarray]] = []
-        ids: list[str] = []
-        with client.Connection(record.url, token=read_token(self._store.home)) as conn:
-            start = 0
-            while start < rows:
-                stop = min(start + chunk, rows)
-                try:
-                    answer = conn.post_json(f"/v2/models/{self.name}/infer",
-                                            {"inputs": _rows(inputs, start, stop), "outputs": wanted})
-                except NbdeployError as exc:
-                    if exc.status == 413 and stop - start > 1:  # a smaller limit than the default: halve
-                        chunk = max(1, (stop - start) // 2)
-                        continue
-                    raise
-                parts.append(client.outputs_by_name(answer))
-                ids += row_ids(_key(answer), stop - start)
-                start = stop
-        return {o: np.concatenate([p[o] for p in parts]) for o in outputs}, ids
+        answers, keys = client.infer_in_requests(
+            record.url, f"/v2/models/{self.name}/infer", signature, tensors, outputs, rows_per_request=chunk,
+            token=read_token(self._store.home), progress=progress)
+        return answers, [i for key, n in keys for i in row_ids(key, n)]
 
-    def predict(self, X: Any, *, return_ids: bool = False) -> Any:
+    def predict(self, X: Any, *, return_ids: bool = False, progress: bool | None = None) -> Any:
         """Labels (classifiers, clusterers) or values (regressors), through the HTTP endpoint.
 
         With ``return_ids=True``, ``(labels, ids)``: one prediction id per row, made by the server
         (unique, whatever else calls the endpoint), for :meth:`feedback`.
+
+        Large inputs go in requests of about 1 MB, one after another. ``progress``: a progress bar (a
+        widget in notebooks) for inputs that take several requests — ``None`` (default) shows it once
+        the run has taken 2 s, ``True`` at once, ``False`` never. A request that fails raises an error
+        naming its rows (``error.rows``); nothing is returned then, so no row is silently missing.
         """
-        outputs, ids = self._infer(X, ["label"])
+        outputs, ids = self._infer(X, ["label"], progress)
         return (outputs["label"], ids) if return_ids else outputs["label"]
 
     def feedback(self, ids: Any, y_true: Any) -> dict[str, Any]:
@@ -192,36 +189,48 @@ class Deployment:
                                 f"id {first['id']!r}: {first['error']}", first["status"])
         return total
 
-    def monitor(self, *, interval: float = 3.0, sidecar: bool = False, **options: Any) -> Any:
-        """The live monitor: status, traffic, latency, quality against the baseline, drift, charts.
+    def monitor(self, *, interval: float = 3.0, sidecar: bool = False, since: Any = None, window: Any = None,
+                **options: Any) -> Any:
+        """The live monitor: status, traffic, latency, quality against the baseline, drift, and the model's
+        timeline (its deploys, retrains, promotions, rollbacks, canaries and alerts marked on every chart).
 
-        Display it (it is the cell's result); ``.stop()`` or its Stop button ends the updates and
-        leaves a static view in the notebook. ``sidecar=True`` docks it in a JupyterLab side panel
-        (``pip install sidecar``). ``options`` go to :class:`nbdeploy.monitor.live.Monitor`
-        (``thresholds``, ``drift_thresholds``, ``on_alert`` callback, window sizes).
+        Display it (it is the cell's result); each display keeps, in the saved notebook, the state at the
+        end of its cell; ``.stop()`` or its Stop button ends the updates. The charts start at the first
+        deploy, or at ``since`` (a time), or ``window`` seconds back. ``sidecar=True`` docks it in a
+        JupyterLab side panel (``pip install sidecar``). ``options`` go to
+        :class:`nbdeploy.monitor.live.Monitor` (``thresholds``, ``drift_thresholds``, ``on_alert``
+        callback, window sizes). The widget records no alerts: the server judges the levels it keeps in the
+        store (``nbdeploy.alerts``), notebook open or not; ``on_alert`` is the kernel's own callback.
         """
         from nbdeploy.display.monitor import monitor_widget
         from nbdeploy.monitor.live import Monitor
+        from nbdeploy.monitor.timeline import Timeline
 
         if not interval > 0:
             raise InvalidInput(f"interval must be a positive number of seconds, got {interval}")
         store = self._store
         store.require_model(self.name)
-        return monitor_widget(Monitor(store.home, self.name, store=store, **options), interval=interval,
-                              sidecar=sidecar)
+        timeline = Timeline(store, self.name, since=since, window=window)
+        return monitor_widget(Monitor(store.home, self.name, store=store, timeline=timeline, **options),
+                              interval=interval, sidecar=sidecar)
 
     def health(self) -> dict[str, Any]:
-        """One monitor snapshot as a dict (what the widget and ``/metrics`` show)."""
+        """One monitor snapshot as a dict (what the widget and ``/metrics`` show); ``estimated`` (quality
+        estimated before labels arrive) without its per-window series."""
         from nbdeploy.monitor.live import Monitor
 
         store = self._store
-        return Monitor(store.home, self.name, store=store).snapshot()
+        snap = Monitor(store.home, self.name, store=store).snapshot()
+        if snap.get("estimated") is not None:
+            snap["estimated"] = {k: v for k, v in snap["estimated"].items() if k != "series"}
+        return snap
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes``, through the HTTP endpoint."""
+    def predict_proba(self, X: Any, *, progress: bool | None = None) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes``, through the HTTP endpoint
+        (large inputs and ``progress`` as in :meth:`predict`)."""
         if self._meta().get("task") != "classification":
             raise InvalidInput(f"{self.name!r} is not a classifier: predict_proba needs class probabilities")
-        return self._infer(X, ["probabilities"])[0]["probabilities"]
+        return self._infer(X, ["probabilities"], progress)[0]["probabilities"]
 
     @property
     def classes(self) -> list[Any] | None:
@@ -289,18 +298,3 @@ class Deployment:
 
     def __repr__(self) -> str:
         return f"Deployment(name={self.name!r}, version={self.version}, url={self.url!r}, status={self.status!r})"
-
-
-def _rows(inputs: list[dict[str, Any]], start: int, stop: int) -> list[dict[str, Any]]:
-    """The V2 inputs of rows ``start:stop`` (each input's data is flat and row-major)."""
-    out = []
-    for spec in inputs:
-        width = spec["shape"][1] if len(spec["shape"]) > 1 else 1
-        out.append({**spec, "shape": [stop - start, *spec["shape"][1:]],
-                    "data": spec["data"][start * width:stop * width]})
-    return out
-
-
-def _key(answer: dict[str, Any]) -> str:
-    """The key the server logged a request under (``parameters.prediction_id``; ``id`` before it had one)."""
-    return str((answer.get("parameters") or {}).get("prediction_id") or answer.get("id"))

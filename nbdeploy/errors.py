@@ -44,6 +44,12 @@ class UnknownName(NotFound):
         super().__init__(f"no {kind} named {name!r}{did_you_mean(name, self.known)}")
 
 
+class Conflict(NbdeployError):
+    """The request clashes with the store's state, e.g. a second canary while one runs (409)."""
+
+    status = 409
+
+
 class ConversionError(NbdeployError):
     """A model could not be converted to ONNX, or failed the fidelity check (422)."""
 

@@ -96,6 +96,16 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("version", type=int, nargs="?", help="version to shadow production with")
     p.add_argument("--stop", action="store_true", help="stop shadowing")
     parsers["shadow"] = p
+    p = _parser("canary", "Send a share of live traffic to another version; its guards abort or promote it.")
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=int, nargs="?", help="version to run as the canary")
+    p.add_argument("--percent", type=float, default=10.0, help="share of un-versioned requests it answers")
+    p.add_argument("--key", metavar="HEADER",
+                   help="request header whose value keeps a client on one arm (default: X-Client-ID)")
+    p.add_argument("--promote-after", type=int, metavar="N",
+                   help="promote it after N canary requests within its guards (if the promotion gate passed)")
+    p.add_argument("--stop", action="store_true", help="end the running canary: production takes all traffic")
+    parsers["canary"] = p
     p = _parser("serve", "Serve a stopped model again from the store's server; with --on ray, serve the store "
                          "on Ray Serve (a local Ray, or the cluster at --address).")
     p.add_argument("name", help="model to serve (on Ray: to show the endpoint of; the whole store is served)")
@@ -117,7 +127,29 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--interval", type=float, default=3.0, help="seconds between refreshes")
     p.add_argument("--sidecar", action="store_true", help="dock it in a JupyterLab side panel (pip install sidecar)")
     p.add_argument("--stop", action="store_true", help="stop the live monitor of NAME, leaving its last state")
+    p.add_argument("--since", metavar="TIME", help="start the charts at TIME, e.g. '2026-12-04 09:00' "
+                   "(default: the first deploy)")
+    p.add_argument("--window", type=float, metavar="SECONDS", help="chart the last SECONDS instead")
     parsers["monitor"] = p
+    p = _parser("report", "One self-contained HTML page of a model's history: versions, metrics, fidelity, gate "
+                "decisions, quality and drift over time, alerts, canaries.")
+    p.add_argument("name", help="model name")
+    p.add_argument("--to", metavar="FILE", help="write the page to FILE (e.g. report.html) instead of showing it")
+    p.add_argument("--since", metavar="TIME", help="start at TIME, e.g. '2026-12-04 09:00' (default: the first deploy)")
+    parsers["report"] = p
+    p = _parser("panel", "Every model in the store, live, in JupyterLab's side area: status, versions, traffic, "
+                         "last alert, canary; buttons open the monitor, roll back, stop a canary.")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
+    p.add_argument("--inline", action="store_true", help="show it in the notebook instead of the side area")
+    p.add_argument("--stop", action="store_true", help="stop the live panel, leaving its last state")
+    parsers["panel"] = p
+    p = _parser("alerts", "The alerts the server recorded for a model (it judges every few seconds, notebook open "
+                          "or not); --webhook sends each new one to a URL as a JSON POST.")
+    p.add_argument("name", help="model name")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--webhook", metavar="URL", help="POST the model's alerts to this http:// or https:// URL")
+    where.add_argument("--no-webhook", action="store_true", help="stop sending the model's alerts")
+    parsers["alerts"] = p
     p = _parser("export", "Write a stored version for another platform, with a README of the commands.")
     p.add_argument("name", help="model name")
     p.add_argument("directory", help="new or empty directory to write")
@@ -127,6 +159,20 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
                    help="bundle, docker, ray: pin every requirement by sha256 and install with --require-hashes")
     p.add_argument("--base-image", metavar="IMAGE", help="docker: the base image, ideally pinned by @sha256 digest")
     parsers["export"] = p
+    p = _parser("delete", "Delete a version, an alias, or (with neither) a whole model, with its files and logged "
+                          "predictions. What an alias points at needs --force.")
+    p.add_argument("name", help="model name")
+    p.add_argument("version", nargs="?", help="version number (default: the whole model)")
+    p.add_argument("--alias", help="remove this alias only (the version stays)")
+    p.add_argument("--force", action="store_true",
+                   help="also delete what an alias points at, removing the alias (production: stops serving)")
+    parsers["delete"] = p
+    p = _parser("prune", "Delete all but the newest N versions of each model (or of NAME), keeping every version "
+                         "an alias points at.")
+    p.add_argument("name", nargs="?", help="only this model (default: every model)")
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="newest versions to keep per model")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    parsers["prune"] = p
     return parsers
 
 
@@ -143,7 +189,8 @@ SUBCOMMANDS = tuple(c for c in PARSERS if c != "deploy")
 # -- help, for %deploy?, --help and docs/magics.md ---------------------------------------
 def _usage(parser: argparse.ArgumentParser, *, short: bool = False) -> str:
     """``%deploy train ESTIMATOR X Y --name NAME [--cv CV] …``; ``short`` keeps what is required."""
-    parts = [parser.prog] + [a.dest.upper() for a in parser._actions if not a.option_strings]
+    parts = [parser.prog] + [f"[{a.dest.upper()}]" if a.nargs == "?" else a.dest.upper()
+                             for a in parser._actions if not a.option_strings]
     for action in parser._actions:
         if not action.option_strings or (short and not action.required):
             continue
@@ -214,7 +261,7 @@ class DeployMagics(Magics):
     @line_magic
     def deploy(self, line: str) -> Any:
         try:
-            tokens = shlex.split(line)
+            tokens = shlex.split(line, comments=True)  # `%deploy list  # a comment`, as in any cell
         except ValueError as exc:
             raise UsageError(f"%deploy: cannot parse the line: {exc}") from None
         if not tokens:
@@ -304,6 +351,19 @@ class DeployMagics(Magics):
         print(f"{args.name!r}: shadow stopped" if args.stop else
               f"{args.name!r}: version {args.version} now shadows production (see %deploy monitor {args.name})")
 
+    def _canary(self, args: argparse.Namespace) -> None:
+        if args.stop == (args.version is not None):
+            raise UsageError("%deploy canary: give a VERSION to run as the canary, or --stop")
+        status = api.canary(args.name, args.version, percent=args.percent, key=args.key,
+                            promote_after=args.promote_after, stop=args.stop, home=self._home())
+        if args.stop:
+            print(f"{args.name!r}: canary of version {status['version']} stopped; production (version "
+                  f"{status['production']}) answers all traffic")
+            return
+        print(f"{args.name!r}: version {status['version']} answers {status['percent']:g} % of requests "
+              f"(keyed by {status['key'] or 'X-Client-ID'}); {status['promotion']} "
+              f"(see %deploy monitor {args.name})")
+
     def _serve(self, args: argparse.Namespace) -> None:
         if args.on == "local":
             dep = api.serve(args.name, home=self._home(), port=args.port or self.port or None)
@@ -323,6 +383,13 @@ class DeployMagics(Magics):
     def _shutdown(self, args: argparse.Namespace) -> None:
         print("server stopped" if api.shutdown(home=self._home()) else "no server was running")
 
+    def _delete(self, args: argparse.Namespace) -> None:
+        print(api.delete(args.name, args.version, alias=args.alias, force=args.force, home=self._home()))
+
+    def _prune(self, args: argparse.Namespace) -> None:
+        removed = api.prune(args.name, keep=args.keep, dry_run=args.dry_run, home=self._home())
+        print("\n".join(map(str, removed)) or "nothing to prune")
+
     def _export(self, args: argparse.Namespace) -> None:
         path = api.export(args.name, args.to, args.directory, version=args.version, home=self._home(),
                           hashes=args.hashes, base_image=args.base_image)
@@ -333,7 +400,29 @@ class DeployMagics(Magics):
             print(f"stopped the monitor of {args.name!r}" if api.stop_monitors(args.name)
                   else f"no live monitor of {args.name!r} in this kernel")
             return
-        display(api.monitor(args.name, interval=args.interval, sidecar=args.sidecar, home=self._home()))
+        display(api.monitor(args.name, interval=args.interval, sidecar=args.sidecar, since=args.since,
+                            window=args.window, home=self._home()))
+
+    def _report(self, args: argparse.Namespace) -> None:
+        page = api.report(args.name, args.to, since=args.since, home=self._home())
+        if args.to is None:
+            display(page)
+        else:
+            print(f"wrote the report of {args.name!r} to {page}")
+
+    def _panel(self, args: argparse.Namespace) -> None:
+        if args.stop:
+            print("stopped the models panel" if api.stop_panels() else "no live models panel in this kernel")
+            return
+        display(api.panel(self._home(), interval=args.interval, inline=args.inline))
+
+    def _alerts(self, args: argparse.Namespace) -> None:
+        if args.webhook is None and not args.no_webhook:
+            display(api.alerts(args.name, home=self._home()))
+            return
+        history = api.alerts(args.name, webhook=None if args.no_webhook else args.webhook, home=self._home())
+        print(f"{args.name!r}: alerts are sent to {history.webhook} (JSON POST)" if history.webhook
+              else f"{args.name!r}: alerts are no longer sent (they are still recorded: %deploy alerts {args.name})")
 
     # -- helpers -------------------------------------------------------------------------
     def _home(self) -> str | None:

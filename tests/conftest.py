@@ -19,6 +19,16 @@ def _no_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def ipython():
+    """The test run's one IPython shell. IPython's ``globalipapp.get_ipython`` answers only its first
+    caller (later calls return None), so every test that needs a shell takes this fixture."""
+    from IPython.testing import globalipapp
+
+    globalipapp.start_ipython()
+    return globalipapp.get_ipython()
+
+
+@pytest.fixture(scope="session")
 def iris():
     X, y = load_iris(return_X_y=True, as_frame=True)
     return X, y, LogisticRegression(max_iter=500).fit(X, y)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
 from sklearn.linear_model import LogisticRegression
 
 import nbdeploy
@@ -12,8 +13,8 @@ from nbdeploy.store import Store
 
 
 @pytest.fixture(scope="module")
-def shell():
-    ip = get_ipython()
+def shell(ipython):
+    ip = ipython
     ip.run_line_magic("load_ext", "nbdeploy")
     return ip
 
@@ -35,6 +36,12 @@ def test_deploy_from_a_line_and_list(shell, ns, tmp_path, capsys):
     shell.run_line_magic("deploy", "list")
     shell.run_line_magic("deploy", "stop iris")
     assert nbdeploy.deployments(home=str(tmp_path)) == []
+
+
+def test_a_comment_after_the_line_is_not_an_argument(shell, ns, capsys):
+    # as the README writes them: `%deploy monitor iris   # live: traffic, latency, ...`
+    shell.run_line_magic("deploy", "shutdown   # stop the server; models stay stored")
+    assert capsys.readouterr().out.strip() == "no server was running"
 
 
 @pytest.mark.server
@@ -145,6 +152,26 @@ def test_monitor_from_a_line(shell, ns, tmp_path, capsys):
         shell.run_line_magic("deploy", "monitor iris --interval 0")
 
 
+def test_alerts_from_a_line(shell, ns, tmp_path, capsys):
+    from nbdeploy.store.alerts import record_alert
+
+    store = Store(tmp_path)
+    store.register("iris", b"not read here", {"task": "classification"})
+    record_alert(store, "iris", "WARN", ["p99 latency 140 ms"], source="monitor")
+    shell.run_line_magic("deploy", "alerts iris --webhook https://hooks.example.com/services/secret")
+    assert "'iris': alerts are sent to https://hooks.example.com/… (JSON POST)" in capsys.readouterr().out
+    result = shell.run_line_magic("deploy", "alerts iris")  # displayed, as a table
+    assert result is None and "p99 latency 140 ms" in capsys.readouterr().out
+    shell.run_line_magic("deploy", "alerts iris --no-webhook")
+    assert "'iris': alerts are no longer sent" in capsys.readouterr().out
+    for line, needle in (("alerts iris --webhook ftp://example.org/x", "(got ftp:)"),
+                         ("alerts iris --webhook https://a.example --no-webhook", "not allowed with argument"),
+                         ("alerts irsi", "did you mean 'iris'")):
+        with pytest.raises(UsageError, match=re.escape(needle)) as info:
+            shell.run_line_magic("deploy", line)
+        assert "\n" not in str(info.value)
+
+
 def test_help_is_printed_not_raised(shell, ns, capsys):
     from nbdeploy.magics import SUBCOMMANDS
 
@@ -161,4 +188,4 @@ def test_the_docstring_lists_every_subcommand(shell):
     from nbdeploy.magics import SUBCOMMANDS
 
     doc = shell.find_line_magic("deploy").__doc__
-    assert len(SUBCOMMANDS) == 12 and all(f"%deploy {command}" in doc for command in SUBCOMMANDS)
+    assert {"list", "delete", "prune"} <= set(SUBCOMMANDS) and all(f"%deploy {c}" in doc for c in SUBCOMMANDS)

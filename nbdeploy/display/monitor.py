@@ -1,10 +1,14 @@
-"""The live monitor widget: status light, traffic, latency, quality against the baseline, drift, charts.
+"""The live monitor widget: status light, traffic, latency, quality against the baseline, drift, and the
+model's timeline charts (:mod:`nbdeploy.display.charts`).
 
 A daemon thread refreshes it every ``interval`` seconds from :class:`nbdeploy.monitor.live.Monitor`
 (several trait changes go out together under ``hold_sync``; no ``Output`` widget is used from the
-thread). Its display carries a ``text/html`` twin with the chart as a PNG, and :meth:`stop` (or the
-Stop button, or closing the widget) replaces the display with the final static view, so a saved
-notebook, nbconvert's HTML or GitHub show the last state instead of a blank widget.
+thread). Each display carries a ``text/html`` twin with the charts as a PNG. A notebook keeps a story
+only if each display keeps the state it showed: the twin of a display is frozen when the cell that
+displayed it finishes (IPython's ``post_run_cell``), or at :meth:`~MonitorWidget.stop` if that comes
+first; later refreshes update the live widget only. :meth:`~MonitorWidget.stop` (or the Stop button,
+or closing the widget) replaces every display with its frozen static view, so a saved notebook,
+nbconvert's HTML or GitHub show what each display showed instead of a blank widget.
 One live monitor per model and store in a kernel: starting another stops the previous one.
 """
 
@@ -13,77 +17,26 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import io
 import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
-import numpy as np
 
+from nbdeploy.display.charts import Charts, events_html, quality_metric
 from nbdeploy.errors import NbdeployError
 
 if TYPE_CHECKING:  # the view only reads a monitor's snapshots; the caller builds the monitor
     from nbdeploy.monitor.live import Monitor
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 COLOURS = {"OK": "#1a7f37", "WARN": "#9a6700", "ALERT": "#cf222e", "n/a": "#57606a"}
 _LIVE: dict[tuple[str, str], MonitorWidget] = {}
 
 
 def _f(x: float | None, fmt: str = ".3g", unit: str = "") -> str:
     return "–" if x is None else f"{x:{fmt}}{unit}"
-
-
-class Charts:
-    """Request rate and errors, latency p50/p99, and quality against the baseline, as one PNG.
-
-    The figure is built once and its lines updated on each :meth:`render` (several times cheaper
-    than a new figure); use one ``Charts`` per thread.
-    """
-
-    def __init__(self) -> None:
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-
-        self.fig = Figure(figsize=(10, 2.3), dpi=80)
-        self.fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.88, wspace=0.22)
-        self.axes = self.fig.subplots(1, 3)
-        styles = (("req/s", "#0969da", "-"), ("errors/s", COLOURS["ALERT"], "-"), ("p50", "#0969da", "-"),
-                  ("p99", "#8250df", "-"), ("current", "#0969da", "o-"), ("baseline", "#57606a", "--"))
-        self.lines = []
-        for i, (label, colour, style) in enumerate(styles):
-            (line,) = self.axes[i // 2].plot([], [], style, color=colour, label=label, markersize=3)
-            self.lines.append(line)
-        for ax in self.axes:
-            ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.yaxis.set_major_locator(MaxNLocator(4))
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=7, loc="upper left")
-
-    def render(self, snap: dict[str, Any]) -> bytes:
-        s = snap.get("series") or {}
-        times = s.get("t", [])
-        span = (snap["at"] - times[0]) if times else 0
-        unit, scale = ("hours", 3600) if span > 3 * 3600 else ("minutes", 60)
-        t = [(x - snap["at"]) / scale for x in times]
-        metric = "rmse" if snap.get("task") == "regression" else "accuracy"
-        rate = s.get("rate", [])
-        errors = [r * e if e is not None else 0 for r, e in zip(rate, s.get("error_rate", []), strict=True)]
-        base = ((snap.get("quality") or {}).get("baseline") or {}).get(metric)
-        data = (rate, errors, s.get("p50_ms", []), s.get("p99_ms", []), s.get(metric, []),
-                [base] * len(t) if base is not None else [])
-        for line, values in zip(self.lines, data, strict=True):
-            line.set_data(t[:len(values)], [np.nan if v is None else v for v in values])
-        titles = ("requests/s", "latency (ms)", f"{metric} by prediction time")
-        for ax, title in zip(self.axes, titles, strict=True):
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel(f"{unit} ago", fontsize=7)
-            ax.relim()
-            ax.autoscale_view()
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png")
-        return buf.getvalue()
 
 
 def summary_html(snap: dict[str, Any]) -> str:
@@ -101,6 +54,11 @@ def summary_html(snap: dict[str, Any]) -> str:
         (metric, f"{_f(current.get(metric), '.3f')} (last {current.get('n', 0)} labels) vs baseline {_f(base, '.3f')}"),
         ("requests / dropped", f"{tr['requests']} / {tr['dropped']}"),
     ]
+    estimated = snap.get("estimated")
+    if estimated and estimated.get("value") is not None:
+        cells.append((f"estimated {estimated.get('metric', metric)}",
+                      f"{_f(estimated['value'], '.3f')} [{_f(estimated.get('low'), '.3f')}–"
+                      f"{_f(estimated.get('high'), '.3f')}] on {estimated.get('n', 0)}"))
     shadow = snap.get("shadow")
     if shadow:
         cells.append((f"shadow v{shadow['version']} agrees",
@@ -117,6 +75,40 @@ def summary_html(snap: dict[str, Any]) -> str:
             f"traffic over the last {snap['recent_seconds']:.0f} s · updated {when} "
             f"({snap['refresh_ms']:.0f} ms)</div><table><tr>{figures}</tr></table>{dropped}"
             + (f"<ul style='margin:2px 0'>{reasons}</ul>" if reasons else ""))
+
+
+ARM_COLUMNS = (("version", "version", "d"), ("requests", "requests", "d"), ("error_rate", "error rate", "%"),
+               ("p99_ms", "p99 ms", ".2f"), ("accuracy", "accuracy", ".3f"), ("labelled", "labelled", "d"),
+               ("estimated_accuracy", "estimated accuracy", ".3f"))
+
+
+def canary_html(snap: dict[str, Any]) -> str:
+    """A running (or just ended) canary: its state, progress and one row per arm."""
+    canary = snap.get("canary")
+    if not canary:
+        return ""
+    arms = canary.get("arms") or {}
+    columns = [c for c in ARM_COLUMNS if any(c[0] in (a or {}) for a in arms.values())]
+
+    def cell(value: Any, fmt: str) -> str:
+        if value is None:
+            return "–"
+        if fmt == "%":
+            return f"{100 * value:.2f} %"
+        return f"{value:{fmt}}" if isinstance(value, (int, float)) else html.escape(str(value))
+
+    head = "<tr><th>arm</th>" + "".join(f"<th>{title}</th>" for _, title, _ in columns) + "</tr>"
+    body = "".join(f"<tr><td>{html.escape(arm)}</td>"
+                   + "".join(f"<td>{cell((figures or {}).get(key), fmt)}</td>" for key, _, fmt in columns) + "</tr>"
+                   for arm, figures in arms.items())
+    progress = canary.get("progress")
+    after = canary.get("promote_after")
+    state = html.escape(str(canary.get("state", "")))
+    line = (f"<b>Canary</b> v{canary.get('version')} gets {_f(canary.get('percent'), 'g', ' %')} of the traffic "
+            f"against v{canary.get('production')} · {state}"
+            + (f" · {progress} of {after} requests before promotion" if after and progress is not None else "")
+            + (f" · {html.escape(str(canary['reason']))}" if canary.get("reason") else ""))
+    return f"<div>{line}<table style='font-size:12px'>{head}{body}</table></div>"
 
 
 def drift_html(snap: dict[str, Any]) -> str:
@@ -140,12 +132,25 @@ def drift_html(snap: dict[str, Any]) -> str:
     return f"<div>{title}<table style='font-size:12px'>{head}{''.join(body)}</table>{notes}</div>"
 
 
+def details_html(snap: dict[str, Any]) -> str:
+    """What goes under the charts: the events, a canary's arms, the inputs table."""
+    return events_html((snap.get("timeline") or {}).get("events", [])) + canary_html(snap) + drift_html(snap)
+
+
 def static_html(snap: dict[str, Any], png: bytes | None = None) -> str:
-    """The whole monitor as self-contained HTML (the chart inlined as base64 PNG)."""
-    img = (f'<img alt="monitor charts" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
-           if png else "")
+    """The whole monitor as self-contained HTML (the charts inlined as base64 PNG)."""
+    img = (f'<img alt="monitor charts: traffic, {quality_metric(snap)}, latency and inputs over time" '
+           f'src="data:image/png;base64,{base64.b64encode(png).decode()}"/>' if png else "")
     return (f'<div class="nbdeploy-monitor" style="border:1px solid #d0d7de;border-radius:6px;padding:8px 12px">'
-            f"{summary_html(snap)}{img}{drift_html(snap)}</div>")
+            f"{summary_html(snap)}{img}{details_html(snap)}</div>")
+
+
+def _chart_key(snap: dict[str, Any]) -> Any:
+    """What the charts show, without the clock: a new drawing only when this changes."""
+    story = snap.get("timeline") or {}
+    series = story.get("series") or snap.get("series") or {}
+    return (series.get("t"), series.get("rows", series.get("requests")), series.get("labelled"), series.get("accuracy"),
+            series.get("rmse"), len(story.get("events") or ()), snap.get("estimated"), snap.get("task"))
 
 
 def plain(snap: dict[str, Any]) -> str:
@@ -167,13 +172,14 @@ class MonitorWidget(widgets.VBox):
         self.snap: dict[str, Any] = {}
         self.png: bytes = b""
         self.refreshes = 0
-        self._series: Any = None
+        self._drawn: Any = None
+        self._drawn_at, self._draw_seconds = 0.0, 0.0
         self._charts: Charts | None = None
         self._refresh_lock = threading.Lock()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
-        self._display_id = uuid.uuid4().hex
-        self._displayed = False
+        self._shown: dict[str, dict[str, Any] | None] = {}  # display id -> its frozen static bundle (None: live)
+        self._hook: Any = None  # the post_run_cell callback that freezes this cell's displays
         self._panel: Any = None
         self._finished = False
         self.observe(self._comm_closed, names="comm")
@@ -185,22 +191,27 @@ class MonitorWidget(widgets.VBox):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def refresh(self) -> dict[str, Any]:
-        """Take a snapshot and show it; returns the snapshot."""
+    def refresh(self, *, redraw: bool = True) -> dict[str, Any]:
+        """Take a snapshot and show it; returns the snapshot. Charts are redrawn when what they show changed
+        (unless ``redraw`` is False and they were drawn recently: drawing costs a few tenths of a second)."""
         with self._refresh_lock:
-            return self._refresh()
+            return self._refresh(redraw)
 
-    def _refresh(self) -> dict[str, Any]:
+    def _refresh(self, redraw: bool = True) -> dict[str, Any]:
         snap = self.monitor.snapshot()
-        if snap.get("series") != self._series or not self.png:
+        drawn = _chart_key(snap)
+        recent = time.monotonic() - self._drawn_at < 5 * self._draw_seconds
+        if not self.png or (drawn != self._drawn and (redraw or not recent)):
+            started = time.monotonic()
             self._charts = self._charts or Charts()
-            self.png, self._series = self._charts.render(snap), snap.get("series")
+            self.png, self._drawn = self._charts.render(snap), drawn
+            self._drawn_at, self._draw_seconds = time.monotonic(), time.monotonic() - started
         self.snap = snap
         self.refreshes += 1
         with self.hold_sync():
             self._header.value = summary_html(snap)
             self._chart.value = self.png
-            self._table.value = drift_html(snap)
+            self._table.value = details_html(snap)
         return snap
 
     def start(self) -> None:
@@ -213,13 +224,14 @@ class MonitorWidget(widgets.VBox):
     def _loop(self) -> None:
         while not self._halt.wait(self.interval):
             try:
-                self.refresh()
+                self.refresh(redraw=False)  # the live view: the kernel's CPU matters more than a fresh chart
             except Exception as exc:  # keep trying: the log may be busy, moved or not yet created
                 self._header.value = (f"<div style='color:{COLOURS['ALERT']}'>monitor refresh failed: "
                                       f"{html.escape(f'{type(exc).__name__}: {exc}')}</div>")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop refreshing, replace the live view with the last static one, and close the widget."""
+        """Stop refreshing, leave each display's static view (its state at the end of its cell, or now),
+        and close the widget."""
         self._halt.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -228,10 +240,13 @@ class MonitorWidget(widgets.VBox):
         with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
             self.refresh()
         self._finished = True
-        if self._displayed:
+        self._unhook()
+        bundle = self.static_bundle()
+        if self._shown:
             from IPython.display import update_display
 
-            update_display(self.static_bundle(), raw=True, display_id=self._display_id)
+            for display_id, frozen in self._shown.items():
+                update_display(frozen or bundle, raw=True, display_id=display_id)
         if self._panel is not None:
             self._panel.close()
         for part in (self._header, self._chart, self._table, self._button, self):
@@ -242,6 +257,41 @@ class MonitorWidget(widgets.VBox):
                 part.close()
         self.close()
         _LIVE.pop((str(self.monitor.path), self.monitor.model), None)
+
+    def freeze(self) -> None:
+        """Fix the static view of the displays not yet frozen at the current state; the live view goes on."""
+        live = [display_id for display_id, frozen in self._shown.items() if frozen is None]
+        if self._finished or not live:
+            return
+        with contextlib.suppress(Exception):  # keep the last state shown if the log cannot be read now
+            self.refresh()
+        bundle = self.static_bundle()
+        from IPython.display import update_display
+
+        for display_id in live:
+            self._shown[display_id] = bundle
+            update_display({**self._widget_view(), **bundle}, raw=True, display_id=display_id)
+
+    def _after_cell(self, *_: Any) -> None:
+        self._unhook()
+        self.freeze()
+
+    def _hook_cell_end(self) -> None:
+        """Freeze this cell's displays when the cell finishes (outside IPython: at stop only)."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or self._hook is not None:
+            return
+        self._hook = (shell, self._after_cell)
+        shell.events.register("post_run_cell", self._after_cell)
+
+    def _unhook(self) -> None:
+        if self._hook is not None:
+            shell, callback = self._hook
+            self._hook = None
+            with contextlib.suppress(ValueError):  # already gone
+                shell.events.unregister("post_run_cell", callback)
 
     def _comm_closed(self, change: dict[str, Any]) -> None:
         if change["new"] is None:
@@ -263,10 +313,16 @@ class MonitorWidget(widgets.VBox):
     def static_bundle(self) -> dict[str, Any]:
         return {"text/html": static_html(self.snap, self.png), "text/plain": plain(self.snap)}
 
+    def _widget_view(self) -> dict[str, Any]:
+        if self._panel is not None:  # the live view is in the side panel, not in the cell
+            return {}
+        data = super()._repr_mimebundle_() or {}
+        return {k: v for k, v in data.items() if k == WIDGET_MIME}
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         if self._finished or self._panel is not None:
             note = ("<div style='color:#57606a'>Live view docked in the side panel; "
-                    "this output shows the final state when the monitor stops.</div>") if not self._finished else ""
+                    "this output shows the state at the end of its cell.</div>") if not self._finished else ""
             bundle = self.static_bundle()
             return {**bundle, "text/html": note + bundle["text/html"]}
         data = super()._repr_mimebundle_(**kwargs) or {}
@@ -278,8 +334,10 @@ class MonitorWidget(widgets.VBox):
         if self._finished:  # a closed widget has no view left (ipywidgets drops it): show the final state
             display(self.static_bundle(), raw=True)
             return
-        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
-        self._displayed = True
+        display_id = uuid.uuid4().hex  # one per display: each keeps the state of its own cell
+        display(self._repr_mimebundle_(), raw=True, display_id=display_id)
+        self._shown[display_id] = None
+        self._hook_cell_end()
 
 
 def monitor_widget(monitor: Monitor, *, interval: float = 3.0, sidecar: bool = False) -> MonitorWidget:

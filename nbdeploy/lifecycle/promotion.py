@@ -51,18 +51,26 @@ def judge(store: Store, name: str, candidate: EvaluationResult, X: Any, y: Any, 
     return compare(champion, candidate, min_score=min_score, tolerance=tolerance)
 
 
+def judge_stored(store: Store, record: VersionRecord, *, min_score: float | None = None,
+                 tolerance: float = 0.0) -> GateDecision | None:
+    """A stored version against production on its own held-out rows; None when it has none (nothing to gate on)."""
+    holdout = read_rows(record, HOLDOUT_FILE)
+    if holdout is None:
+        return None
+    X, y = holdout
+    return judge(store, record.name, evaluate_stored(record, X, y), X, y, min_score=min_score, tolerance=tolerance,
+                 exclude=record.version)
+
+
 def promote(store: Store, name: str, version: int, alias: str = PRODUCTION, *, min_score: float | None = None,
             tolerance: float = 0.0, force: bool = False) -> GateDecision | None:
     """Move ``alias`` to ``version``; for ``production``, through the gate when there is held-out data."""
     store.require_model(name)
     record = store.version(name, version)
     decision = None
-    holdout = read_rows(record, HOLDOUT_FILE) if alias == PRODUCTION else None
-    if holdout is not None:
-        X, y = holdout
-        decision = judge(store, name, evaluate_stored(record, X, y), X, y,
-                         min_score=min_score, tolerance=tolerance, exclude=version)
-        if not decision.passed and not force:
+    if alias == PRODUCTION:
+        decision = judge_stored(store, record, min_score=min_score, tolerance=tolerance)
+        if decision is not None and not decision.passed and not force:
             raise GateRefused(name, version, decision)
     if record.status == "refused" and (force or decision is not None):
         store.set_status(name, version, "registered")

@@ -20,6 +20,7 @@ from nbdeploy.convert.conversion import Converted
 from nbdeploy.convert.fidelity import MAX_DIFF, MIN_AGREEMENT, FidelityReport, gated_conversion
 from nbdeploy.errors import InvalidInput
 from nbdeploy.lifecycle.artifacts import ESTIMATOR_FILE, HOLDOUT_FILE, TRAIN_FILE, estimator_file, rows_json
+from nbdeploy.lifecycle.estimation import estimation_meta
 from nbdeploy.lifecycle.evaluation import evaluate
 from nbdeploy.lifecycle.gate import GateDecision
 from nbdeploy.lifecycle.promotion import judge
@@ -53,7 +54,8 @@ def record_run(store: Store, name: str, result: TrainResult) -> int:
 
 def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Store, force: bool = False,
              min_score: float | None = None, tolerance: float = 0.0, min_agreement: float = MIN_AGREEMENT,
-             max_diff: float = MAX_DIFF, train_data: tuple[Any, Any] | None = None) -> Candidate:
+             max_diff: float = MAX_DIFF, train_data: tuple[Any, Any] | None = None,
+             origin: dict[str, Any] | None = None) -> Candidate:
     """Convert, check fidelity, judge against production when there is labelled held-out data, store.
 
     Labelled held-out data is ``test=(X, y)``, else the held-out rows of the ``train`` run that
@@ -75,6 +77,7 @@ def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Sto
     meta = version_meta(converted, fidelity, sample)
     meta["profile"] = reference_profile(train_data[0] if train_data else sample)
     meta["run_id"] = run[0] if run else None
+    meta.update(origin or {})  # where it came from, e.g. {"retrained_from": 1}: the timeline marks it
     estimator, meta["estimator"] = estimator_file(model)  # the file, and the types it may be loaded with
     files = {ESTIMATOR_FILE: estimator}
     if train_data is not None:
@@ -82,10 +85,12 @@ def register(model: Any, sample: Any, name: str, *, test: Any = None, store: Sto
     decision = None
     if holdout is not None:
         X_h, y_h = holdout
-        scored = evaluate(OnnxPredictor(converted.onnx_bytes, {**meta, "name": name}), X_h, y_h,
-                          name=f"{name} (candidate)")
+        served = OnnxPredictor(converted.onnx_bytes, {**meta, "name": name})
+        scored = evaluate(served, X_h, y_h, name=f"{name} (candidate)")
         decision = judge(store, name, scored, X_h, y_h, min_score=min_score, tolerance=tolerance)
-        meta.update(gated=True, metrics=scored.to_dict(), gate=decision.to_dict())
+        # what the monitor estimates quality with before labels arrive (calibration or loss model)
+        meta.update(gated=True, metrics=scored.to_dict(), gate=decision.to_dict(),
+                    estimation=estimation_meta(served, X_h, y_h))
         files[HOLDOUT_FILE] = rows_json(X_h, y_h)
     refused = decision is not None and not decision.passed and not force
     version = store.register(name, converted.onnx_bytes, meta, status="refused" if refused else "registered",

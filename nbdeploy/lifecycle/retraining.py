@@ -103,7 +103,8 @@ def retrain(name: str, *, data: tuple[Any, Any] | None = None, with_feedback: bo
     sample = X_train[:200] if not hasattr(X_train, "iloc") else X_train.iloc[:200]
     test = (X_recent, _labels_like(y_recent, record)) if len(y_recent) else None
     candidate = register(challenger, sample, name, test=test, store=store, min_score=min_score,
-                         tolerance=tolerance, train_data=(X_train, y_train))
+                         tolerance=tolerance, train_data=(X_train, y_train),
+                         origin={"retrained_from": champion_version, "feedback_rows": cut if with_feedback else 0})
     if candidate.decision is None:
         reason = (f"no recent labelled traffic to judge it on; send feedback and retrain, or promote it "
                   f"yourself (promote({name!r}, {candidate.version}))")

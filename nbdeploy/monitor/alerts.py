@@ -4,6 +4,12 @@ Each component is graded "OK"/"WARN"/"ALERT" against :class:`AlertThresholds` (a
 *reaching* a threshold counts); the deployment's level is the most severe component. A
 component without data (None, or fewer than ``min_labelled`` labels) is "n/a" and never
 raises the level; ``notes`` say why it was not judged.
+
+Estimated quality (``estimated``, from :mod:`nbdeploy.monitor.estimate`) stands in for quality
+while labels are missing: its component is graded like quality against the same held-out
+baseline (accuracy drop; relative MAE increase), judged only over at least ``min_estimated``
+predictions, and only when quality itself is not judged: realised quality from enough labels
+decides. It appears among the components only for a version that can be estimated.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ class AlertThresholds:
     p99_latency_ms_warn: float = 100
     p99_latency_ms_alert: float = 500
     min_labelled: int = 30
+    mae_increase_warn: float = 0.10
+    mae_increase_alert: float = 0.25
+    min_estimated: int = 200
 
 
 @dataclass
@@ -79,6 +88,31 @@ def _quality(baseline: dict | None, quality: dict | None, th: AlertThresholds, s
     return NOT_JUDGED
 
 
+def _estimated(baseline: dict | None, estimated: dict, quality_level: str, th: AlertThresholds,
+               status: AlertStatus) -> str:
+    """Estimated quality against the baseline, when realised quality is not judged (see the module's rule)."""
+    value, n, metric = estimated.get("value"), estimated.get("n") or 0, estimated.get("metric")
+    if quality_level != NOT_JUDGED:
+        return NOT_JUDGED  # labels decide
+    if baseline is None or value is None or baseline.get(metric) is None:
+        return NOT_JUDGED
+    if n < th.min_estimated:
+        status.notes.append(f"estimated quality not judged: {n} predictions < {th.min_estimated}")
+        return NOT_JUDGED
+    base, band = float(baseline[metric]), f"{estimated['low']:.3f}-{estimated['high']:.3f}"
+    if metric == "accuracy":
+        level = _grade(base - value, th.accuracy_drop_warn, th.accuracy_drop_alert)
+        change = f"drop {base - value:.3f}"
+    else:
+        increase = (value - base) / base if base > 0 else (math.inf if value > 0 else 0.0)
+        level = _grade(increase, th.mae_increase_warn, th.mae_increase_alert)
+        change = f"+{100 * increase:.0f}%"
+    if level != "OK":
+        status.reasons.append(f"estimated {metric} {value:.3f} (band {band}) vs baseline {base:.3f} ({change}), "
+                              "before labels")
+    return level
+
+
 def _drift(drift: DriftReport | None, status: AlertStatus) -> str:
     if drift is None:
         return NOT_JUDGED
@@ -98,12 +132,14 @@ def evaluate_alerts(
     error_rate: float | None = None,
     p99_latency_ms: float | None = None,
     thresholds: AlertThresholds | None = None,
+    estimated: dict | None = None,
 ) -> AlertStatus:
     """Grade each component and combine them.
 
     ``baseline``/``quality``: held-out and current-window metrics from
     :mod:`nbdeploy.monitor.quality` (``accuracy`` for classifiers, ``rmse`` for regressors,
     ``n`` labelled rows in the window). ``error_rate`` is failed/total requests (0-1).
+    ``estimated``: the monitor's estimate without labels (``metric``, ``value``, ``low``, ``high``, ``n``).
     """
     th = thresholds or AlertThresholds()
     status = AlertStatus()
@@ -121,6 +157,8 @@ def evaluate_alerts(
         components["latency"] = _grade(p99_latency_ms, th.p99_latency_ms_warn, th.p99_latency_ms_alert)
         if components["latency"] != "OK":
             status.reasons.append(f"p99 latency {p99_latency_ms:.0f} ms")
+    if estimated is not None:
+        components["estimated"] = _estimated(baseline, estimated, components["quality"], th, status)
     status.components = components
     status.level = worst(*(level for level in components.values() if level != NOT_JUDGED))
     return status

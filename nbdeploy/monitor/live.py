@@ -18,36 +18,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from nbdeploy.monitor.alerts import AlertThresholds, evaluate_alerts
+from nbdeploy.monitor.canary import canary_snapshot
 from nbdeploy.monitor.drift import DriftThresholds, feature_drift
+from nbdeploy.monitor.estimate import estimated_quality
+from nbdeploy.monitor.metrics import percentile_ms  # one home: the canary's arms use it too
 from nbdeploy.monitor.quality import classification_quality, label_delay, regression_quality
-from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS
+from nbdeploy.store.batch import BUCKET_SECONDS
 from nbdeploy.store.labels import label_key, label_keys
 from nbdeploy.store.reader import LabelledPredictions, LogReader, Rollups
 
+if TYPE_CHECKING:  # built by the caller: the timeline reads this module's chart widths
+    from nbdeploy.monitor.timeline import Timeline
+
 NICE_WIDTHS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
-
-
-def percentile_ms(hist: np.ndarray, q: float) -> float | None:
-    """The ``q`` quantile (0-1) of a latency histogram over ``LATENCY_EDGES_MS``, log-interpolated."""
-    total = int(hist.sum())
-    if total == 0:
-        return None
-    target = q * total
-    cum = np.cumsum(hist)
-    i = int(np.searchsorted(cum, max(target, 1e-9)))
-    if i == 0:
-        return float(LATENCY_EDGES_MS[0])
-    if i >= len(LATENCY_EDGES_MS):
-        return float(LATENCY_EDGES_MS[-1])
-    lo, hi = LATENCY_EDGES_MS[i - 1], LATENCY_EDGES_MS[i]
-    frac = (target - cum[i - 1]) / hist[i]
-    return float(lo * (hi / lo) ** min(max(frac, 0.0), 1.0))
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -63,8 +52,10 @@ class Monitor:
                  drift_thresholds: DriftThresholds | None = None, recent_seconds: float = 300.0,
                  history_seconds: float = 86_400.0, count_window: int = 500, count_windows: int = 10,
                  drift_sample: int = 2_000, chart_points: int = 60,
-                 on_alert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> None:
+                 on_alert: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+                 timeline: Timeline | None = None) -> None:
         self.log = LogReader(home)
+        self.timeline = timeline  # when given, snapshots carry the model's events and series (``timeline``)
         self.path = self.log.path
         self.model, self.store, self.on_alert = model, store, on_alert
         self._given = {"version": version, "task": task, "baseline": baseline, "profile": profile, "classes": classes}
@@ -136,17 +127,25 @@ class Monitor:
             inputs = {feature: {"n": n, "missing": m, "out_of_range": o, "unseen": u, "rate": _ratio(o + u, n - m)}
                       for feature, (n, m, o, u) in self.log.input_counts(self.model, ctx["version"], since).items()}
             shadow = self._shadow()
+            story = None if self.timeline is None else self.timeline.build(self.log, now, rollups, since)
         snap: dict[str, Any] = {"model": self.model, "version": ctx["version"], "task": ctx["task"], "at": now,
                                 "recent_seconds": self.recent_seconds}
         snap.update(self._traffic(rollups, ctx, now))
         snap["quality"], snap["labels"]["delay"] = self._quality(labelled, ctx)
+        snap["estimated"] = estimated_quality(self.log, self.model, ctx["version"], self._meta.get(ctx["version"]),
+                                              window=self.count_window, windows=self.count_windows, notes=notes)
         snap["task"] = snap["task"] or snap["quality"]["task"]
         snap["drift"], snap["inputs"], snap["notes"], snap["shadow"] = drift, inputs, notes, shadow
+        # the running (else the latest) canary's arms side by side, as its guards judge them
+        snap["canary"] = None if self.store is None else canary_snapshot(self.store, self.log, self.model,
+                                                                         metas=self._meta, now=now)
         status = evaluate_alerts(baseline=ctx["baseline"], quality=snap["quality"]["current"],
                                  drift=self._drift if drift is not None else None,
                                  error_rate=snap["traffic"]["error_rate"], p99_latency_ms=snap["traffic"]["p99_ms"],
-                                 thresholds=self.thresholds)
+                                 thresholds=self.thresholds, estimated=snap["estimated"])
         snap["alert"] = status.to_dict()
+        if story is not None:
+            snap["timeline"] = story
         return _plain(snap)
 
     def _shadow(self) -> dict[str, Any] | None:

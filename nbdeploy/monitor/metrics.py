@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nbdeploy.store.batch import LATENCY_EDGES_MS
+
 
 def _codes(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Both label arrays as integer codes over the sorted union of their labels."""
@@ -74,3 +76,21 @@ def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     if total == 0:
         return 1.0 if residual == 0 else 0.0
     return 1 - residual / total
+
+
+def percentile_ms(hist: np.ndarray, q: float, edges: np.ndarray = LATENCY_EDGES_MS) -> float | None:
+    """The ``q`` quantile (0-1) of a latency histogram over ``edges`` (default the log's ``LATENCY_EDGES_MS``;
+    ``hist[i]`` counts values between ``edges[i-1]`` and ``edges[i]``), log-interpolated within a bucket."""
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    target = q * total
+    cum = np.cumsum(hist)
+    i = int(np.searchsorted(cum, max(target, 1e-9)))
+    if i == 0:
+        return float(edges[0])
+    if i >= len(edges):
+        return float(edges[-1])
+    lo, hi = edges[i - 1], edges[i]
+    frac = (target - cum[i - 1]) / hist[i]
+    return float(lo * (hi / lo) ** min(max(frac, 0.0), 1.0))

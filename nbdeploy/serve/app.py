@@ -19,6 +19,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.serve.alerting import Alerting
+from nbdeploy.serve.canary import CanaryGuard
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.feedback import log_details
 from nbdeploy.serve.inference import ServerContext
@@ -74,13 +76,22 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
         def follow() -> None:
             while not stop.wait(poll_seconds):
                 try:
+                    ctx.canaries.refresh()  # before the swap, so a new canary alias finds its route (serve/canary.py)
                     runtime.sync()
                 except Exception:  # keep following: one bad read must not freeze the server
                     log.exception("cannot sync with the store")
 
+        await run_in_threadpool(ctx.canaries.refresh)
         await run_in_threadpool(runtime.sync, True)
         thread = threading.Thread(target=follow, name="nbdeploy-store-follower", daemon=True)
         thread.start()
+        # judges running canaries from the prediction log when there is one, else from this process's counters
+        guard = CanaryGuard(store, runtime, logged=callable(getattr(app.state.sink, "feedback", None)))
+        guard.start()
+        alerting = Alerting(store, config.alert_interval, monitors=getattr(app.state, "monitors", None),
+                            workers=config.workers > 1)
+        if config.alert_interval > 0:
+            alerting.start()  # the one judge of stored alerts, and their webhooks (serve/alerting.py)
         try:
             yield
         finally:
@@ -88,6 +99,8 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
             ctx.refusals.flush()
             stop.set()
             thread.join(timeout=5)
+            await run_in_threadpool(guard.stop)
+            await run_in_threadpool(alerting.stop)
             await run_in_threadpool(runtime.close)
             close = getattr(app.state.sink, "close", None)
             if callable(close):

@@ -44,6 +44,12 @@ class ServeConfig:
     """A request body not complete this long after its headers gets 408 and the connection is closed."""
     max_connections: int = 1000
     """Open connections per server process; beyond it a new connection gets 503 with Retry-After at once."""
+    max_loaded_versions: int = 4
+    """Versions no alias points at that stay loaded per server process after a request named them by number;
+    beyond it the least recently used is unloaded. Aliased versions do not count. 0: serve aliased versions only."""
+    alert_interval: float = 10.0
+    """Seconds between the server's judgements of each served model's alert level (recorded when it changes,
+    then sent to the model's webhook); 0: the server judges and sends no alerts."""
     allowed_origins: str = ""
     """Web origins (``scheme://host[:port]``, comma-separated) whose pages may call the server from a
     browser, with CORS answers; ``*`` for any, only with a token. Empty: the server's own pages only."""

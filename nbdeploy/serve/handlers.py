@@ -20,12 +20,14 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "nbdeploy", "version": __version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str, Any]:
-    model = runtime.resolve(name, version)
+def model_metadata(runtime: Runtime, name: str, version: str | None,
+                   model: LoadedModel | None = None) -> dict[str, Any]:
+    """``model``: the version ``version`` names, when the caller has it (:meth:`Runtime.acquire` loads it)."""
+    model = model or runtime.resolve(name, version)
     served = runtime.models().get(name)
     if served is None:  # stopped between the two reads
         raise NotFound(f"model {name!r} is not served")
-    versions = [str(model.version)] if version else [str(v) for v in sorted(served.versions)]
+    versions = [str(model.version)] if version else [str(v) for n, v, _ in runtime.loaded() if n == name]
     failed = {str(v): e for (n, v), e in runtime.failed.items() if n == name}
     return {
         "name": name,
@@ -51,10 +53,11 @@ def model_metadata(runtime: Runtime, name: str, version: str | None) -> dict[str
 
 
 def repository_index(runtime: Runtime) -> list[dict[str, Any]]:
-    """Every served version (read-only: loading happens only through the store)."""
+    """Every loaded version, aliased or loaded on demand (read-only: this route loads nothing)."""
     index = []
-    for name, served in sorted(runtime.models().items()):
-        for number in sorted(served.versions):
+    loaded = runtime.loaded()
+    for name in sorted(runtime.models()):
+        for number in [v for n, v, _ in loaded if n == name]:
             index.append({"name": name, "version": str(number), "state": "READY", "reason": ""})
         for (failed_name, number), error in sorted(runtime.failed.items()):
             if failed_name == name:

@@ -28,6 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.serve import handlers
 from nbdeploy.serve.batcher import Feeds
+from nbdeploy.serve.canary import CanaryRouter
 from nbdeploy.serve.codecs.mlflow import decode_scoring_request, encode_predictions
 from nbdeploy.serve.codecs.offload import decode_off_loop
 from nbdeploy.serve.codecs.v2 import decode_infer_request, encode_infer_response
@@ -55,6 +56,11 @@ class ServerContext:
     draining: bool = False
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))  # /metrics
     refusals: RefusalLog = field(default_factory=RefusalLog)  # why clients are turned away, in the server log
+    canaries: CanaryRouter = None  # type: ignore[assignment]  # the running canaries' routes (serve/canary.py)
+
+    def __post_init__(self) -> None:
+        if self.canaries is None:
+            self.canaries = CanaryRouter(self.runtime.store)
 
 
 def new_id() -> str:
@@ -97,9 +103,12 @@ class InferenceRoute:
         tensors: dict[str, np.ndarray] = {}
         results: dict[str, np.ndarray] = {}
         request_id: str | None = None
+        version: str | None = None
         key = ""
         try:
-            model = ctx.runtime.resolve(params["name"], params.get("version"))
+            # an un-versioned request may go to a running canary's version (one dict lookup when none runs)
+            version = params.get("version") or ctx.canaries.version_for(params["name"], scope, ctx.runtime)
+            model = await ctx.runtime.acquire(params["name"], version)  # loads a version on demand
             key = new_id()  # the log's key of this request: the server's, never the client's
             batcher = model.batcher
             batcher.arriving += 1  # a batch may wait for this one
@@ -141,7 +150,7 @@ class InferenceRoute:
                         id=key, ts=time.time() - elapsed, model=model.name, version=model.version, inputs=tensors,
                         outputs=results, latency_ms=elapsed * 1000, status=status, error=error, client_id=request_id,
                     ))
-                    if status == 200 and params.get("version") is None:
+                    if status == 200 and version is None:  # production's answers only (not the canary's)
                         shadow = shadow_of(ctx, model)
                         if shadow is not None:  # after the answer went out: the client never waits for it
                             task = asyncio.ensure_future(run_shadow(shadow, tensors, key, sink))

@@ -24,6 +24,9 @@ log = logging.getLogger("nbdeploy.server")
 
 LEVELS = {"OK": 0, "WARN": 1, "ALERT": 2}
 BY_MODEL = ("model", "version")
+CANARY_FIGURES = {"requests": "requests answered since it started", "error_rate": "share of answers that were errors",
+                  "p99_ms": "p99 latency in milliseconds", "accuracy": "accuracy on labelled predictions",
+                  "labelled": "labelled predictions", "estimated_accuracy": "accuracy estimated before labels"}
 FAMILIES = {  # name: (help, labels beyond model and version)
     "nbdeploy_monitor_alert_level": ("Monitoring level per model: 0 OK, 1 WARN, 2 ALERT.", ()),
     "nbdeploy_monitor_quality": ("Quality of the last labelled predictions, by metric.", ("metric",)),
@@ -33,6 +36,12 @@ FAMILIES = {  # name: (help, labels beyond model and version)
     "nbdeploy_monitor_drift_level": ("Drift level of a feature: 0 OK, 1 WARN, 2 ALERT.", ("feature",)),
     "nbdeploy_monitor_inputs_out_of_range": ("Values outside the training [min, max], per feature.", ("feature",)),
     "nbdeploy_monitor_inputs_unseen": ("Values in categories training never saw, per feature.", ("feature",)),
+    "nbdeploy_estimated_accuracy": ("Accuracy estimated without labels (CBPE) on the last predictions, with its "
+                                    "95 % band (bound: value, low, high).", ("bound",)),
+    "nbdeploy_estimated_mae": ("MAE estimated without labels (direct loss estimation) on the last predictions, "
+                               "with its 95 % band (bound: value, low, high).", ("bound",)),
+    **{f"nbdeploy_canary_{figure}": (f"A running canary's {text}, per arm (production, canary).", ("arm",))
+       for figure, text in CANARY_FIGURES.items()},
 }
 
 
@@ -52,10 +61,20 @@ def _samples(snap: dict[str, Any]) -> Iterator[tuple[str, list[str], float]]:
         if row.get("psi") is not None:
             yield "nbdeploy_monitor_drift_psi", labels, row["psi"]
         yield "nbdeploy_monitor_drift_level", labels, LEVELS.get(row["status"], 0)
+    estimated = snap.get("estimated") or {}
+    if estimated.get("value") is not None:
+        for bound in ("value", "low", "high"):
+            yield f"nbdeploy_estimated_{estimated['metric']}", [*base, bound], estimated[bound]
     for feature, counts in sorted((snap.get("inputs") or {}).items()):
         labels = [*base, str(feature)]
         yield "nbdeploy_monitor_inputs_out_of_range", labels, counts["out_of_range"]
         yield "nbdeploy_monitor_inputs_unseen", labels, counts["unseen"]
+    canary = snap.get("canary")
+    if canary is not None and canary["state"] == "running":  # per arm, labelled by the arm's own version
+        for role, figures in canary["arms"].items():
+            for figure in CANARY_FIGURES:
+                if figures.get(figure) is not None:
+                    yield f"nbdeploy_canary_{figure}", [base[0], str(figures["version"]), role], figures[figure]
 
 
 class MonitorGauges(Collector):
@@ -94,14 +113,18 @@ class ServerMonitors:
 
     def text(self, names: Iterable[str]) -> str:
         """Prometheus lines for ``names`` (blocking: call it from a thread pool)."""
+        return prometheus_text(self.snapshots(names))
+
+    def snapshots(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """One monitor snapshot per model of ``names`` (blocking); none when the monitor cannot load."""
         if self.unavailable:
-            return ""
+            return []
         try:
             from nbdeploy.monitor.live import Monitor
         except ImportError as exc:
             self.unavailable = f"monitoring gauges need pandas, SciPy and scikit-learn: {exc}"
-            log.warning("%s; /metrics leaves them out", self.unavailable)
-            return ""
+            log.warning("%s; /metrics leaves them out and the server judges no alerts", self.unavailable)
+            return []
 
         snapshots = []
         for name in names:
@@ -112,4 +135,4 @@ class ServerMonitors:
                 snapshots.append(monitor.snapshot())
             except Exception:  # one model's monitor must not take /metrics down
                 log.exception("cannot take the monitor snapshot of %s", name)
-        return prometheus_text(snapshots)
+        return snapshots

@@ -44,6 +44,12 @@ def pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
+    # Someone else's zombie: a server that exited while the kernel that started it (its parent) still
+    # runs is gone too, or `nbdeploy stop` in a terminal would wait for it until the kill timeout.
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "Z":
+            return False
     return True
 
 

@@ -49,13 +49,15 @@ async def ready(request: Request) -> Response:
 
 async def model_metadata(request: Request) -> Response:
     p = request.path_params
-    return json_response(handlers.model_metadata(_ctx(request).runtime, p["name"], p["version"]))
+    runtime = _ctx(request).runtime
+    model = await runtime.acquire(p["name"], p["version"])  # loads a version on demand
+    return json_response(handlers.model_metadata(runtime, p["name"], p["version"], model))
 
 
 async def model_ready(request: Request) -> Response:
     p = request.path_params
     try:
-        model = _ctx(request).runtime.resolve(p["name"], p["version"])
+        model = await _ctx(request).runtime.acquire(p["name"], p["version"])
     except (NotFound, Unavailable) as exc:
         return error_response(exc.status, exc.message, fields={"name": p["name"], "ready": False})
     return json_response({"name": p["name"], "version": str(model.version), "ready": True})
@@ -71,7 +73,7 @@ async def ping(request: Request) -> Response:
     ctx = _ctx(request)
     name = request.path_params.get("name")
     if name is not None:
-        ctx.runtime.resolve(name, request.path_params.get("version"))
+        await ctx.runtime.acquire(name, request.path_params.get("version"))
     ok = ctx.runtime.synced and not ctx.draining
     return Response(b"\n", status_code=200 if ok else 503, media_type="application/json")
 

@@ -6,6 +6,12 @@ assignment: a request that already resolved its :class:`LoadedModel` finishes on
 drains before it stops), new requests see the new table. A version that fails to load (corrupt
 file, hash mismatch, external data) is reported to the store and its aliases keep the version
 they served before.
+
+Any other registered version loads on its first request by number (:meth:`Runtime.acquire`), in a
+worker thread, exactly as an aliased version loads; up to ``max_loaded_versions`` of these stay
+loaded per server process, the least recently used unloaded first (see :mod:`nbdeploy.serve.resident`).
+Aliased versions never count against that bound. A swap keeps them: they live beside the routing
+table, not in it, and one that an alias comes to point at moves into the table without loading again.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from nbdeploy.serve.batcher import Batcher, Feeds, Outputs
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.metrics import Metrics, VersionStats
 from nbdeploy.serve.probe import batch_helps, check_self_contained, nan_refusing_inputs, single_row_ms
+from nbdeploy.serve.resident import OnDemand
 from nbdeploy.serve.sessions import ModelRunError, ort_session
 from nbdeploy.signature import DATATYPE_TO_NUMPY, Signature
 from nbdeploy.store import PRODUCTION, Store, VersionRecord, version_number
@@ -90,6 +97,14 @@ class LoadedModel:
             self.batcher.close()
 
 
+class NotResident(NotFound):
+    """A registered version may exist but is not loaded: :meth:`Runtime.acquire` loads it."""
+
+    def __init__(self, message: str, name: str, number: int) -> None:
+        super().__init__(message)
+        self.name, self.number = name, number
+
+
 @dataclass(frozen=True)
 class ServedModel:
     aliases: dict[str, int]  # what requests resolve: the store's aliases, less targets that failed
@@ -108,6 +123,7 @@ class Runtime:
         self.failed: dict[tuple[str, int], str] = {}
         self._generation = -1
         self._sync_lock = threading.Lock()
+        self.on_demand: OnDemand[LoadedModel] = OnDemand(self.config.max_loaded_versions)
 
     @property
     def synced(self) -> bool:
@@ -117,9 +133,19 @@ class Runtime:
         return self._table
 
     def loaded(self) -> list[tuple[str, int, bool]]:
-        """(model, version, batching) of every version loaded now, in order."""
-        return [(name, number, model.batching) for name, served in sorted(self._table.items())
-                for number, model in sorted(served.versions.items())]
+        """(model, version, batching) of every version loaded now (aliased or on demand), in order."""
+        return sorted({(name, number, model.batching) for (name, number), model in self._every_loaded().items()})
+
+    def loaded_on_demand(self) -> list[tuple[str, int]]:
+        """The versions loaded on demand (no alias points at them), least recently used first."""
+        return [key for key, _ in self.on_demand.items()]
+
+    def _every_loaded(self) -> dict[tuple[str, int], LoadedModel]:
+        table = self._table
+        loaded = {(n, v): m for (n, v), m in self.on_demand.items() if n in table}
+        loaded.update({(name, number): model for name, served in table.items()
+                       for number, model in served.versions.items()})
+        return loaded
 
     # -- routing ------------------------------------------------------------------------
     def resolve(self, name: str, version: str | None = None) -> LoadedModel:
@@ -141,8 +167,50 @@ class Runtime:
         if loaded is None:
             if (name, number) in self.failed:
                 raise Unavailable(f"model {name!r} version {number} failed to load: {self.failed[(name, number)]}")
-            raise NotFound(f"model {name!r} version {number} is not served; "
-                           f"served versions: {', '.join(map(str, sorted(served.versions))) or 'none'}")
+            loaded = self.on_demand.get((name, number))
+            if loaded is None:
+                served_versions = ", ".join(map(str, sorted(served.versions))) or "none"
+                if not self.config.max_loaded_versions:
+                    raise NotFound(f"model {name!r} version {number} is not served; served versions: "
+                                   f"{served_versions} (loading other versions on demand is off: "
+                                   "max_loaded_versions is 0)")
+                raise NotResident(f"model {name!r} version {number} is not loaded; served versions: "
+                                  f"{served_versions}", name, number)
+        return loaded
+
+    async def acquire(self, name: str, version: str | None = None) -> LoadedModel:
+        """:meth:`resolve`, and a registered version no alias points at is loaded on its first request:
+        in a worker thread (never on the event loop), once however many requests wait for it."""
+        try:
+            return self.resolve(name, version)
+        except NotResident as missing:
+            key = (missing.name, missing.number)
+            return await self.on_demand.load(key, lambda: self._load_on_demand(*key))
+
+    def _load_on_demand(self, name: str, number: int) -> LoadedModel:
+        """Load a version for :meth:`acquire` (a worker thread): 404 naming the versions when it does
+        not exist, 503 with the reason when it does not load (kept, as for aliased versions)."""
+        record = self.store.version(name, number)  # NotFound: "has no version 9; versions: 1, 2; aliases: …"
+        loaded = self._try_load(name, number, record)
+        if loaded is None:
+            with self._sync_lock:
+                self._report()
+            raise Unavailable(f"model {name!r} version {number} failed to load: {self.failed[(name, number)]}")
+        with self._sync_lock:
+            served = self._table.get(name)
+            current = served.versions.get(number) if served else None
+            if served is None or current is not None:  # stopped, or an alias came to point at it meanwhile
+                loaded.close()
+                if current is None:
+                    raise NotFound(f"model {name!r} is not served")
+                return current
+            evicted = self.on_demand.put((name, number), loaded)
+            for model in evicted:
+                model.close()  # requests already on it finish first (the batcher drains)
+                log.info("unloaded %s version %s (least recently used of the versions loaded on demand)",
+                         model.name, model.version)
+            self._report()
+        log.info("loaded %s version %s on demand", name, number)
         return loaded
 
     def _hint(self, name: str) -> str:
@@ -165,15 +233,35 @@ class Runtime:
             self._table = table  # the swap: one reference assignment
             self._generation = generation
             kept = {id(m) for s in table.values() for m in s.versions.values()}
+            # versions loaded on demand stay, unless an alias now serves them, their model is no longer served,
+            # or they were deleted (nbdeploy.delete bumps the generation too)
+            stored = {key for key, _ in self.on_demand.items() if self._stored(key)}
+            for model in self.on_demand.discard(lambda k: k[0] in table and k[1] not in table[k[0]].versions
+                                                and k in stored):
+                if id(model) not in kept:
+                    retired.append(model)
             for model in retired:
                 if id(model) not in kept:
                     model.close()
                     log.info("retired %s version %s", model.name, model.version)
-            states = {(n, v): ("ready", None) for n, m in table.items() for v in m.versions}
-            states.update({k: ("failed", e) for k, e in self.failed.items() if k not in states})
-            # several worker processes report one by one; the store aggregates them (registry._aggregate)
-            self.store.report_served(generation, states, worker=os.getpid() if self.config.workers > 1 else None)
+            self._report()
             return True
+
+    def _stored(self, key: tuple[str, int]) -> bool:
+        """Whether a version is still registered."""
+        try:
+            self.store.version(*key)
+        except NotFound:
+            return False
+        return True
+
+    def _report(self) -> None:
+        """Tell the store what is loaded (aliased and on demand) and what failed; under ``_sync_lock``."""
+        states = {key: ("ready", None) for key in self._every_loaded()}
+        states.update({k: ("failed", e) for k, e in self.failed.items() if k not in states})
+        # several worker processes report one by one; the store aggregates them (registry._aggregate)
+        self.store.report_served(self._generation, states,
+                                 worker=os.getpid() if self.config.workers > 1 else None)
 
     def _served(self, name: str, current: ServedModel | None) -> ServedModel:
         wanted = self.store.aliases(name)
@@ -181,7 +269,7 @@ class Runtime:
         aliases: dict[str, int] = {}
         for alias, number in sorted(wanted.items(), key=lambda kv: kv[1]):
             loaded = versions.get(number) or (current.versions.get(number) if current else None)
-            loaded = loaded or self._try_load(name, number)
+            loaded = loaded or self.on_demand.peek((name, number)) or self._try_load(name, number)
             before = current.aliases.get(alias) if current else None
             if loaded is None and before is not None and before in current.versions:
                 log.warning("%s %s stays on version %s: version %s did not load", name, alias, before, number)
@@ -193,12 +281,12 @@ class Runtime:
                     log.info("%s %s now serves version %s (was %s)", name, alias, number, before)
         return ServedModel(aliases=aliases, versions=versions, wanted=wanted)
 
-    def _try_load(self, name: str, number: int) -> LoadedModel | None:
+    def _try_load(self, name: str, number: int, record: VersionRecord | None = None) -> LoadedModel | None:
         key = (name, number)
         if key in self.failed:
             return None
         try:
-            loaded = self.load(self.store.version(name, number))
+            loaded = self.load(record or self.store.version(name, number))
         except Exception as exc:  # any load failure leaves the previous version serving
             message = exc.message if isinstance(exc, NbdeployError) else f"{type(exc).__name__}: {exc}"
             log.error("cannot load %s version %s: %s", name, number, message)
@@ -234,7 +322,7 @@ class Runtime:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker after the work queued on it (server shutdown)."""
-        models = [m for s in self._table.values() for m in s.versions.values()]
+        models = [m for s in self._table.values() for m in s.versions.values()] + self.on_demand.close()
         for model in models:
             model.close()
         for model in models:
@@ -246,6 +334,7 @@ class Runtime:
             table = dict(self._table)
             served = table.pop(name, None)
             self._table = table
-        for model in served.versions.values() if served else ():
+            dropped = self.on_demand.discard(lambda k: k[0] != name)
+        for model in [*(served.versions.values() if served else ()), *dropped]:
             model.close()
 

@@ -49,6 +49,13 @@ class Part(NamedTuple):
         return cls(event, 0, n, n)
 
 
+def logged_names(name: str, width: int) -> list[str]:
+    """The log's column names for an input tensor ``width`` columns wide (the monitor reads inputs by them)."""
+    if width == 1:
+        return [name]
+    return [f"x{j}" if name == "input" else f"{name}_{j}" for j in range(width)]
+
+
 def event_rows(e: PredictionEvent) -> int:
     """The rows an event logs: those answered, or one for a failed request."""
     return _rows(e) if e.status == 200 else 1
@@ -180,9 +187,8 @@ class Batch:
         cols: list[np.ndarray] = []
         for name in first.inputs:
             arr = _stack([_slice(p.event.inputs[name], p) for p in parts], sizes)
-            for j in range(arr.shape[1]):
-                names.append(name if arr.shape[1] == 1 else (f"x{j}" if name == "input" else f"{name}_{j}"))
-                cols.append(arr[:, j])
+            names += logged_names(name, arr.shape[1])
+            cols += [arr[:, j] for j in range(arr.shape[1])]
         outputs = {k: _stack([_slice(p.event.outputs[k], p) for p in parts], sizes) for k in first.outputs}
         label, proba = outputs.pop("label", None), outputs.pop("probabilities", None)
         labels = [None] * total if label is None else [

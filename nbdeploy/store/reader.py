@@ -94,6 +94,22 @@ class LabelledPredictions:
         return [None if (raw := self.proba_json[i]) is None else orjson.loads(raw) for i in rows]
 
 
+@dataclass(frozen=True)
+class RecentPredictions:
+    """The last answered predictions of one version, oldest first, with their feedback label when there is one."""
+
+    seq: tuple[int, ...]
+    ts: tuple[float, ...]
+    predicted: tuple[Any, ...]  # the label the model answered
+    proba_json: tuple[bytes | None, ...]  # class probabilities as logged (a JSON array), if any
+    truth: tuple[Any, ...]  # the feedback label, None where none came
+    labelled: tuple[bool, ...]
+    inputs: tuple[dict[str, Any], ...] = ()  # by input name, when asked for
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
 class ShadowAnswer(NamedTuple):
     """A shadow version's answer to a copy of a production request, beside production's answer."""
 
@@ -223,6 +239,14 @@ class LogReader:
                           (model, version, since_bucket))
         return {feature: InputCounts(*counts) for feature, *counts in rows}
 
+    def input_totals(self, model: str, since_bucket: int) -> list[tuple[int, str, InputCounts]]:
+        """Per bucket and feature of ``model`` (every version) from ``since_bucket`` on, its input checks,
+        oldest bucket first."""
+        rows = self._rows("SELECT bucket, feature, SUM(n), SUM(missing), SUM(out_of_range), SUM(unseen) "
+                          "FROM feature_rollup WHERE model = ? AND bucket >= ? GROUP BY bucket, feature "
+                          "ORDER BY bucket", (model, since_bucket))
+        return [(bucket, feature, InputCounts(*counts)) for bucket, feature, *counts in rows]
+
     def labelled(self, model: str, version: int | None, limit: int) -> LabelledPredictions:
         """The last ``limit`` predictions of ``model`` ``version`` that have feedback (by prediction order)."""
         rows = self._rows("SELECT f.pred_seq, f.pred_ts, f.ts, f.label, p.label, p.proba FROM feedback f "
@@ -230,6 +254,31 @@ class LogReader:
                           "ORDER BY f.pred_seq DESC LIMIT ?", (model, version, limit))
         columns = list(zip(*reversed(rows), strict=True)) if rows else [()] * 6
         return LabelledPredictions(*columns)
+
+    def recent_predictions(self, model: str, version: int | None, limit: int, *,
+                           inputs: bool = False) -> RecentPredictions:
+        """The last ``limit`` answered predictions of ``model`` ``version`` (by prediction order), labelled or not;
+        with ``inputs``, their decoded inputs too."""
+        rows = self._rows(f"SELECT seq, ts, label, proba{', inputs' if inputs else ''} FROM predictions "
+                          "WHERE model = ? AND version = ? AND status = 200 ORDER BY seq DESC LIMIT ?",
+                          (model, version, limit))
+        if not rows:
+            return RecentPredictions((), (), (), (), (), ())
+        rows.reverse()
+        columns = list(zip(*rows, strict=True))
+        # the labels of these rows: one range of the feedback index (a join costs a lookup per row)
+        labels = dict(self._rows("SELECT pred_seq, label FROM feedback WHERE model = ? AND version = ? "
+                                 "AND pred_seq >= ?", (model, version, columns[0][0])))
+        decoded = tuple(self._decode([r or b"{}" for r in columns[4]], self._names(model, version))) if inputs else ()
+        return RecentPredictions(*columns[:4], tuple(labels.get(seq) for seq in columns[0]),
+                                 tuple(seq in labels for seq in columns[0]), decoded)
+
+    def recent_answers(self, model: str, version: int, limit: int) -> list[tuple[Any, ...]]:
+        """The last ``limit`` logged rows of ``model`` ``version`` (any status), newest first, as tuples
+        ``(ts, status, latency_ms, label, feedback label or None, labelled)``: a short window's fine detail."""
+        return self._rows("SELECT p.ts, p.status, p.latency_ms, p.label, f.label, f.pred_seq IS NOT NULL "
+                          "FROM predictions p LEFT JOIN feedback f ON f.pred_seq = p.seq "
+                          "WHERE p.model = ? AND p.version = ? ORDER BY p.seq DESC LIMIT ?", (model, version, limit))
 
     def latest_prediction(self, model: str, version: int | None) -> int | None:
         """The ``seq`` of the newest answered prediction of ``model`` ``version``: it moves when new ones arrive."""

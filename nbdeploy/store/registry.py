@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, UnknownName, did_you_mean
+from nbdeploy.store import format as store_format
 from nbdeploy.store.files import private_database, private_dir, write_private
+from nbdeploy.store.numbering import next_version
 
 PRODUCTION = "production"
 SHADOW = "shadow"  # the version that gets a copy of live traffic, answers logged, never returned
+CANARY = "canary"  # the version a canary rollout sends a share of live traffic to (store/canary.py)
 # Matched with fullmatch: ``$`` would also accept a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
@@ -71,6 +74,16 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS worker_served (
     pid INTEGER NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
     PRIMARY KEY (pid, name, version));
+CREATE TABLE IF NOT EXISTS canaries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
+    production INTEGER NOT NULL, percent REAL NOT NULL, key TEXT, promote_after INTEGER,
+    guards TEXT NOT NULL, gate TEXT, state TEXT NOT NULL, reason TEXT, started_at REAL NOT NULL, ended_at REAL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, at REAL NOT NULL, level TEXT NOT NULL,
+    reasons TEXT NOT NULL, source TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}',
+    delivered_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX IF NOT EXISTS alerts_name ON alerts (name, at);
+CREATE TABLE IF NOT EXISTS webhooks (name TEXT PRIMARY KEY, url TEXT NOT NULL, updated_at REAL NOT NULL);
 INSERT OR IGNORE INTO state (key, value) VALUES ('generation', 0);
 """
 
@@ -141,13 +154,18 @@ class ServerRecord:
 class Store:
     """One ``NBDEPLOY_HOME``. Safe to share between threads; each thread gets its connection."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, upgrade: bool = False) -> None:
         """The store at ``home`` (default :func:`default_home`), created if there is none yet;
-        :func:`open_store` opens only an existing one."""
+        :func:`open_store` opens only an existing one. Its format is checked first and an older store
+        migrated (see :mod:`nbdeploy.store.format`; ``upgrade`` also runs steps not run on open);
+        ``upgraded`` says what the migration did (empty when there was nothing to do)."""
         self.home = private_dir(store_path(home))
         private_dir(self.home / "models")
         self.db_path = private_database(self.home / DB_FILE)
         self._local = threading.local()
+        self.upgraded = store_format.prepare(self._conn(), self.db_path, self._create, upgrade=upgrade)
+
+    def _create(self) -> None:
         self._conn().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
         self._migrate()
 
@@ -207,8 +225,7 @@ class Store:
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=model_dir))  # mkdtemp makes it 0700
         try:
             with self._tx() as db:
-                row = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
-                version = int(row[0] or 0) + 1
+                version = next_version(db, name)  # never a number given before, even to a deleted version
                 full_meta = {**meta, "name": name, "version": version, "sha256": sha,
                              "files": {f: hashlib.sha256(c).hexdigest() for f, c in files.items()}}
                 write_private(tmp / "model.onnx", onnx_bytes)
@@ -331,6 +348,13 @@ class Store:
         rows = self._conn().execute("SELECT alias, version FROM aliases WHERE name = ?", (name,)).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
+    def alias_history(self, name: str) -> list[dict[str, Any]]:
+        """Every move of ``name``'s aliases, oldest first: ``alias``, ``version``, ``at``, ``kind``."""
+        rows = self._conn().execute("SELECT alias, version, at, kind FROM alias_history WHERE name = ? ORDER BY id",
+                                    (name,)).fetchall()
+        return [{"alias": r[0], "version": None if r[1] is None else int(r[1]), "at": float(r[2]), "kind": r[3]}
+                for r in rows]
+
     def previous_version(self, name: str, alias: str = PRODUCTION) -> int | None:
         """What a rollback of ``alias`` returns to: the stack of moves, with rollbacks popped."""
         stack: list[int] = []
@@ -343,6 +367,12 @@ class Store:
                     stack.pop()
             elif not stack or stack[-1] != version:
                 stack.append(int(version))
+        # history outlives deleted versions (store/removal.py keeps it readable): return to one that exists
+        existing = {int(r[0]) for r in self._conn().execute("SELECT version FROM versions WHERE name = ?", (name,))}
+        stack = [v for v in stack if v in existing]
+        stack = [v for i, v in enumerate(stack) if i == 0 or stack[i - 1] != v]
+        if stack and stack[-1] != self.aliases(name).get(alias):  # the alias was removed: its last version
+            return stack[-1]
         return stack[-2] if len(stack) >= 2 else None
 
     def set_serving(self, name: str, serving: bool) -> None:

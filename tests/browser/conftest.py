@@ -112,6 +112,16 @@ class Lab:
     def page_url(self, path: str) -> str:
         return f"{self.url}{path}?token={self.token}"
 
+    def write_notebook(self, name: str, cells: list[str]) -> Path:
+        """A notebook of code cells written for a test (nothing from ``notebooks/``)."""
+        nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
+                         "outputs": [], "source": source} for i, source in enumerate(cells)],
+              "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+              "nbformat": 4, "nbformat_minor": 5}
+        path = self.root / name
+        path.write_text(json.dumps(nb, indent=1))
+        return path
+
     def add_notebook(self, name: str) -> Path:
         """Copy a notebook from ``notebooks/`` without its outputs or saved widget state, so nothing
         on screen can be left over from the run that saved it."""
@@ -131,8 +141,9 @@ class Lab:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def shutdown(self) -> None:
-        """Sessions first (their kernels outlive a killed server), then any kernel left, then the server."""
+    def end_sessions(self, timeout: float = 20.0) -> None:
+        """Shut down every session, then any kernel left, and wait for their processes to go; JupyterLab
+        itself keeps running for the next test."""
         if self.proc.poll() is None:
             for path, key in (("/api/sessions", "id"), ("/api/kernels", "id")):
                 try:
@@ -140,6 +151,19 @@ class Lab:
                         self.api("DELETE", f"{path}/{item[key]}", timeout=30)
                 except (urllib.error.URLError, OSError):
                     pass
+        kernels = str(self.base / "jupyter-runtime")  # a kernel's command line names its connection file there
+        deadline = time.monotonic() + timeout
+        while _processes_mentioning(kernels) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def leftovers(self) -> dict[int, str]:
+        """Processes started for this lab that are still running, besides JupyterLab itself."""
+        return {pid: cmd for pid, cmd in self.processes().items() if pid != self.proc.pid}
+
+    def shutdown(self) -> None:
+        """Sessions first (their kernels outlive a killed server), then any kernel left, then the server."""
+        if self.proc.poll() is None:
+            self.end_sessions()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -193,12 +217,15 @@ def start_lab(base: Path) -> Lab:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """JupyterLab on loopback with a random token, serving a copy of ``notebooks/``."""
-    lab = start_lab(tmp_path)
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """JupyterLab on loopback with a random token, started once for the module's tests (each ends its own
+    sessions); at the end nothing it started may be left running."""
+    lab = start_lab(tmp_path_factory.mktemp("lab"))
     try:
         yield lab
     finally:
         lab.shutdown()
+    left = lab.processes()
+    assert not left, f"processes left behind: {left}"
 

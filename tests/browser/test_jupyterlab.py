@@ -8,7 +8,12 @@ still readable, screenshot it; then stop everything and check no process is left
 quickstart shows the live monitor (a ``.monitor(`` or ``%deploy monitor`` call), the same run
 checks its figures and charts are drawn, in JupyterLab and in the HTML.
 
-The screenshots are overwritten in ``docs/images/`` on every run (the README shows one).
+``test_models_panel_in_the_side_area``, in the same JupyterLab: a notebook deploys two models (one gets
+traffic, labels and a retrain), shows that model's monitor, then opens ``%deploy panel``; the test checks
+the side area (both models, status lights, versions and aliases, sparklines, buttons), rolls a model back
+from it and checks the production version it shows, and opens a monitor from it.
+
+The screenshots are overwritten in ``docs/images/`` on every run (the README and the user guide show them).
 """
 
 from __future__ import annotations
@@ -91,12 +96,19 @@ def _wait_for(page: Any, selector: str, text: str, timeout: float) -> Any:
     return output
 
 
-def assert_images_rendered(region: Any, what: str) -> None:
-    """Every <img> in ``region`` has loaded with a real size, and there is at least one <img>/<canvas>."""
-    sizes = region.evaluate("""el => [...el.querySelectorAll('img, canvas')].map(i =>
-        i.tagName === 'IMG' ? [i.complete, i.naturalWidth, i.naturalHeight] : [true, i.width, i.height])""")
-    assert sizes, f"{what}: no chart (<img> or <canvas>) in {region.inner_text()[:300]!r}"
-    assert all(done and w > 50 and h > 50 for done, w, h in sizes), f"{what}: charts not rendered: {sizes}"
+def assert_images_rendered(region: Any, what: str, timeout: float = 10.0) -> None:
+    """Every <img> in ``region`` has loaded with a real size, and there is at least one <img>/<canvas>
+    (a live view replaces its chart every few seconds: a new one gets ``timeout`` s to load)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sizes = region.evaluate("""el => [...el.querySelectorAll('img, canvas')].map(i =>
+            i.tagName === 'IMG' ? [i.complete, i.naturalWidth, i.naturalHeight] : [true, i.width, i.height])""")
+        if sizes and all(done and w > 50 and h > 50 for done, w, h in sizes):
+            return
+        if time.monotonic() > deadline:
+            assert sizes, f"{what}: no chart (<img> or <canvas>) in {region.inner_text()[:300]!r}"
+            pytest.fail(f"{what}: charts not rendered after {timeout:.0f} s: {sizes}")
+        time.sleep(0.2)
 
 
 def check_card(page: Any, lab_url: str) -> str:
@@ -150,9 +162,10 @@ def check_static_monitor(page: Any) -> None:
 
 # -- driving JupyterLab and nbconvert --------------------------------------------------------------
 
-def open_notebook(page: Any, lab: Any, name: str) -> None:
-    """Open a notebook in JupyterLab, wait for its kernel to be idle, fold the side panels away."""
-    page.goto(lab.page_url(f"/lab/tree/{name}"))
+def open_notebook(page: Any, lab: Any, name: str, workspace: str | None = None) -> None:
+    """Open a notebook in JupyterLab (in a fresh ``workspace``: no tab left open by an earlier test), wait for
+    its kernel to be idle, fold the side panels away."""
+    page.goto(lab.page_url(f"/lab/workspaces/{workspace}/tree/{name}" if workspace else f"/lab/tree/{name}"))
     page.wait_for_function("""() => {
       const w = window.jupyterapp?.shell?.currentWidget;
       return w?.sessionContext?.session?.kernel?.status === 'idle' && w.content?.widgets?.length > 0;
@@ -160,7 +173,7 @@ def open_notebook(page: Any, lab: Any, name: str) -> None:
     page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); window.jupyterapp.shell.collapseRight(); }")
 
 
-def run_all_cells(page: Any, home: Path) -> set[int]:
+def run_all_cells(page: Any, home: Path, timeout: float = RUN_TIMEOUT) -> set[int]:
     """Run all cells and wait until every cell ran and the kernel is idle. Returns the pids of the
     nbdeploy server the store recorded meanwhile (the quickstart stops it in its last cell)."""
     page.evaluate("""() => { delete window.__nbdeployRunAll;
@@ -168,7 +181,7 @@ def run_all_cells(page: Any, home: Path) -> set[int]:
         .then(ok => { window.__nbdeployRunAll = ok; }, err => { window.__nbdeployRunAll = String(err); }); }""")
     pids: set[int] = set()
     store = None
-    deadline = time.monotonic() + RUN_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         if store is None and (home / "nbdeploy.db").exists():
             store = Store(home)
@@ -182,7 +195,7 @@ def run_all_cells(page: Any, home: Path) -> set[int]:
             assert state["result"] is True, state
             return pids
         if time.monotonic() > deadline:
-            pytest.fail(f"the cells did not finish within {RUN_TIMEOUT:.0f} s: {state}{_server_log(home)}")
+            pytest.fail(f"the cells did not finish within {timeout:.0f} s: {state}{_server_log(home)}")
         time.sleep(0.05)
 
 
@@ -281,9 +294,148 @@ def test_quickstart_in_jupyterlab_and_static_html(lab: Any, browser: Any) -> Non
         raise
     finally:
         context.close()
-        lab.shutdown()  # sessions (and their kernels) first, then JupyterLab
+        lab.end_sessions()  # sessions (and their kernels) first; JupyterLab serves the next test
         nbdeploy.shutdown(str(lab.home))
     for pid in pids:
         assert not pid_alive(pid), f"the nbdeploy server (pid {pid}) is still running"
-    left = lab.processes()
+    left = lab.leftovers()
+    assert not left, f"processes left behind: {left}"
+
+
+# -- the models panel in JupyterLab's side area, and the monitor after a retrain -------------------
+
+PANEL_NOTEBOOK = "models-panel.ipynb"
+PANEL_RUN_TIMEOUT = 240.0
+
+
+def panel_cells(home: Path) -> list[str]:
+    """Two models: ``bend`` gets traffic, labels and a retrain (two production versions), ``iris`` one version;
+    then the monitor of ``bend`` and the models panel."""
+    return [
+        f"%env NBDEPLOY_HOME={home}\n%load_ext nbdeploy",
+        "import numpy as np\nimport pandas as pd\nfrom sklearn.datasets import load_iris\n"
+        "from sklearn.ensemble import HistGradientBoostingClassifier\nfrom sklearn.linear_model import "
+        "LogisticRegression\n\nimport nbdeploy\n\nrng = np.random.default_rng(0)\n\n\n"
+        "def world(n, shift=0.0):\n    X = rng.normal(size=(n, 3))\n    X[:, 0] += shift\n"
+        "    y = (X[:, 1] > np.where(X[:, 0] > 1.5, 2 * (X[:, 0] - 1.5), 0.0)).astype(int)\n"
+        "    return pd.DataFrame(X, columns=['x0', 'x1', 'x2']), y\n\n\n"
+        "X, y = world(1500)\nmodel = HistGradientBoostingClassifier(max_iter=50)",
+        "%deploy train model X y --name bend --seed 0\n%deploy model --name bend --sample X",
+        "dep = nbdeploy.get('bend')\npending = []\nfor shift in [0.0] * 4 + [3.0] * 4:\n"
+        "    Xb, yb = world(200, shift)\n    predicted, ids = dep.predict(Xb, return_ids=True)\n"
+        "    pending.append((ids, yb))\n    if len(pending) > 1:\n        dep.feedback(*pending.pop(0))\n"
+        "dep.feedback(*pending.pop(0))",
+        "result = nbdeploy.retrain('bend', with_feedback=True, promote=True)\n"
+        "if not result.promoted:  # the panel rolls production back: it needs an earlier production version\n"
+        "    nbdeploy.promote('bend', result.version, force=True)\n"
+        "for _ in range(3):\n    Xb, yb = world(200, 3.0)\n    predicted, ids = dep.predict(Xb, return_ids=True)\n"
+        "    dep.feedback(ids, yb)\ndep.version",
+        "%deploy monitor bend --interval 2",
+        "iris = load_iris(as_frame=True)\nXi, yi = iris.data, iris.target\n"
+        "clf = LogisticRegression(max_iter=1000).fit(Xi, yi)\n%deploy clf --name iris --sample Xi\n"
+        "nbdeploy.get('iris').predict(Xi.iloc[:60]).shape",
+        "%deploy panel --interval 2",
+    ]
+
+
+def show_last_cell(page: Any, cell: Any, tries: int = 20) -> None:
+    """Scroll the notebook to its last cell (``cell``) until that cell is in the window: the live outputs above
+    it change height while the notebook lays itself out."""
+    height = page.viewport_size["height"]
+    for _ in range(tries):
+        page.evaluate("""async () => { const nb = window.jupyterapp.shell.currentWidget.content;
+          nb.activeCellIndex = nb.widgets.length - 1; await nb.scrollToItem(nb.widgets.length - 1, 'end'); }""")
+        page.wait_for_timeout(250)
+        box = cell.bounding_box()
+        if box and box["y"] > 60 and box["y"] + box["height"] < height:
+            return
+    pytest.fail(f"the last cell did not scroll into view: {cell.bounding_box()}")
+
+
+def model_row(side: Any, name: str) -> Any:
+    """The panel's row of ``name`` (its summary, buttons and messages)."""
+    return side.locator(".nbdeploy-panel-row", has=side.page.locator(f'.nbdeploy-model[data-model="{name}"]'))
+
+
+def check_monitor_after_retrain(page: Any) -> None:
+    """The monitor of ``bend`` after traffic, labels and a retrain: drawn by the widget manager, its charts
+    rendered; screenshot for the docs."""
+    cell = page.locator(".jp-CodeCell", has_text="%deploy monitor bend")
+    output = cell.locator(".jp-OutputArea-output .jupyter-widgets").first
+    output.wait_for(state="visible", timeout=30_000)
+    assert_no_widget_failures(page)
+    assert "bend" in output.inner_text()
+    assert_images_rendered(output, "monitor of bend")
+    output.scroll_into_view_if_needed()
+    _save_png(output.screenshot(), IMAGES / "monitor-timeline.png")
+
+
+def check_panel(page: Any) -> None:
+    """What the side area shows: both models with a status light, versions and aliases, a sparkline and the
+    buttons; rolling ``bend`` back (after the confirmation) changes the production version it shows; a
+    model's monitor opens under it and closes."""
+    from playwright.sync_api import expect
+
+    side = page.locator("#jp-right-stack")
+    side.wait_for(state="visible", timeout=30_000)
+    # As wide as a user might drag it (JupyterLab opens the side area narrow); the notebook stays beside it.
+    page.evaluate("() => window.jupyterapp.shell._hsplitPanel?.setRelativeSizes([0, 0.7, 0.3])")
+    bend, iris = model_row(side, "bend"), model_row(side, "iris")
+    bend.wait_for(state="visible", timeout=30_000)
+    iris.wait_for(state="visible", timeout=30_000)
+    assert_no_widget_failures(page)
+    assert side.locator(".nbdeploy-models-panel").inner_text().startswith("nbdeploy models · 2 models")
+    for row, versions in ((bend, "versions v1, v2"), (iris, "versions v1")):
+        text = row.inner_text()
+        assert versions in text and "production → v" in text, text
+        assert row.locator(".nbdeploy-light").is_visible(), text
+        assert "serving" in row.locator(".nbdeploy-status").inner_text(), text
+        sparkline = row.locator("svg.nbdeploy-sparkline")
+        assert sparkline.is_visible() and sparkline.bounding_box()["width"] > 50, text
+        assert row.get_by_role("button", name="Monitor").is_visible(), text
+        assert "in the last hour" in text, text
+    assert "production → v2" in bend.inner_text()
+    assert iris.get_by_role("button", name="Roll back").is_disabled()  # one version: nothing to go back to
+    bend.get_by_role("button", name="Roll back to v1").click()
+    confirm = bend.locator(".widget-hbox", has_text="Serve v1 instead of v2")
+    confirm.wait_for(state="visible")
+    confirm.get_by_role("button", name="Roll back").click()
+    bend.locator(".nbdeploy-versions", has_text="production → v1").wait_for(state="visible", timeout=30_000)
+    assert bend.locator(".nbdeploy-action").inner_text() == "production → v1"  # what the click did, in the row
+    assert_no_widget_failures(page)
+    page.set_viewport_size({"width": 1400, "height": 820})  # the notebook's last cells beside the side area
+    show_last_cell(page, page.locator(".jp-CodeCell", has_text="%deploy panel"))
+    _save_png(page.screenshot(), IMAGES / "panel.png")
+
+    # The monitor opens inside the panel, under its model, and closes again.
+    iris.get_by_role("button", name="Monitor").click()
+    iris.locator("img").first.wait_for(state="visible")
+    assert_images_rendered(iris.locator(".jupyter-widgets", has=page.locator("img")).last, "monitor in the panel")
+    iris.get_by_role("button", name="Hide monitor").click()
+    expect(iris.locator("img")).to_have_count(0)
+    expect(iris.get_by_role("button", name="Monitor")).to_be_visible()
+
+
+def test_models_panel_in_the_side_area(lab: Any, browser: Any) -> None:
+    home = lab.base / "panel-home"
+    lab.write_notebook(PANEL_NOTEBOOK, panel_cells(home))
+    pids: set[int] = set()
+    context = browser.new_context(viewport={"width": 1400, "height": 2400})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        open_notebook(page, lab, PANEL_NOTEBOOK, workspace="panel")
+        pids = run_all_cells(page, home, timeout=PANEL_RUN_TIMEOUT)
+        check_monitor_after_retrain(page)
+        check_panel(page)
+    except BaseException:
+        page.screenshot(path=str(lab.base / "panel-failure.png"))
+        raise
+    finally:
+        context.close()
+        lab.end_sessions()
+        nbdeploy.shutdown(str(home))
+    for pid in pids:
+        assert not pid_alive(pid), f"the nbdeploy server (pid {pid}) is still running"
+    left = lab.leftovers()
     assert not left, f"processes left behind: {left}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -162,3 +163,76 @@ def test_many_threads_do_not_leak(home: Path) -> None:
     for w in widgets:
         w.stop()
     assert threading.active_count() <= before
+
+
+def test_each_display_keeps_the_state_of_its_own_cell_in_the_saved_notebook(home: Path) -> None:
+    """A real kernel runs a notebook: the monitor is shown, more traffic arrives, it is shown again, stopped.
+    The saved outputs hold two different states, and no live widget once it stopped."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cells = [
+        "import time\nimport numpy as np\nfrom nbdeploy.display.monitor import MonitorWidget\n"
+        "from nbdeploy.monitor.live import Monitor\nfrom nbdeploy.store.events import PredictionEvent\n"
+        f"from nbdeploy.store.log import PredictionLog\nhome = {str(home)!r}",
+        "widget = MonitorWidget(Monitor(home, 'm', baseline={'accuracy': 0.9}), interval=0.1)\nwidget",
+        "log = PredictionLog(home, start=False)\n"
+        "for i in range(30, 100):\n"
+        "    log.put(PredictionEvent(id=str(i), ts=time.time(), model='m', version=1, inputs={'x': np.array([1.0])},\n"
+        "                            outputs={'label': np.array([0])}, latency_ms=2.0, status=200, error=None))\n"
+        "log.flush()\nlog.close()\ntime.sleep(0.5)  # the live view refreshes: the first display must not follow",
+        "widget",
+        "widget.stop()",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+    first, second = (nb.cells[i].outputs[0]["data"] for i in (1, 3))
+    assert WIDGET_MIME not in first and WIDGET_MIME not in second  # stopped: static views only
+    assert "requests / dropped</div><div>30 / 0" in first["text/html"]
+    assert "requests / dropped</div><div>100 / 0" in second["text/html"]
+    assert first["text/plain"].startswith("nbdeploy monitor: m v1") and nb.cells[2].outputs == []
+
+
+@pytest.fixture
+def story(home: Path) -> Monitor:
+    """A monitor of ``m`` with its timeline: deployed, then an alert, over the traffic of ``home``."""
+    from nbdeploy.monitor.timeline import Timeline
+    from nbdeploy.store import Store
+    from nbdeploy.store.alerts import record_alert
+
+    store = Store(home)
+    store.register("m", b"onnx", {"task": "classification", "classes": [0, 1],
+                                  "metrics": {"metrics": {"accuracy": 0.9}}})
+    store.set_alias("m", "production", 1)
+    record_alert(store, "m", "ALERT", ["accuracy 0.500 vs baseline 0.900 (drop 0.400)"], "monitor")
+    return Monitor(home, "m", store=store, timeline=Timeline(store, "m", window=120))
+
+
+def test_the_charts_mark_the_events_on_a_wall_clock(story: Monitor) -> None:
+    from matplotlib import rc_context
+
+    snap = story.snapshot()
+    with rc_context({"svg.fonttype": "none"}):  # text as text, to read it back
+        svg = mw.Charts().render(snap, fmt="svg").decode()
+    assert svg.count("deploy v1") == 2 and svg.count("ALERT") == 2  # on the traffic and the quality charts
+    assert re.search(r">\d\d:\d\d:\d\d<", svg)  # a short window: clock times to the second
+    for title in ("predictions/s", "accuracy (by prediction time)", "latency (ms)", "inputs outside"):
+        assert title in svg
+
+
+def test_the_static_view_lists_the_events_the_estimate_and_a_canary(story: Monitor) -> None:
+    snap = story.snapshot()
+    snap["estimated"] = {"metric": "accuracy", "value": 0.8, "low": 0.75, "high": 0.85, "n": 30, "series": [
+        {"t": snap["at"] - 5, "value": 0.8, "low": 0.75, "high": 0.85, "n": 30}]}
+    snap["canary"] = {"version": 2, "production": 1, "percent": 10.0, "state": "running", "reason": None,
+                      "progress": 12, "promote_after": 100,
+                      "arms": {"production": {"version": 1, "requests": 100, "error_rate": 0.0, "accuracy": 0.5},
+                               "canary": {"version": 2, "requests": 12, "error_rate": 0.25, "accuracy": None}}}
+    page = mw.static_html(snap, mw.Charts().render(snap))
+    assert "<b>Timeline</b>" in page and "deploy v1</span>" in page and "ALERT</span>" in page
+    assert "estimated accuracy" in page and "0.800 [0.750–0.850] on 30" in page
+    assert "<b>Canary</b> v2 gets 10 % of the traffic against v1 · running · 12 of 100 requests" in page
+    assert "<td>canary</td><td>2</td><td>12</td><td>25.00 %</td>" in page
+    del snap["estimated"], snap["canary"]  # without them (another version of the snapshot): no trace of them
+    page = mw.static_html(snap)
+    assert "<b>Canary</b>" not in page and "estimated accuracy" not in page

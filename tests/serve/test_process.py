@@ -213,3 +213,21 @@ def test_a_stale_record_is_not_taken_for_a_running_server(tmp_path: Path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_server_that_exited_is_gone_while_the_kernel_that_started_it_runs_on():
+    # `nbdeploy stop` in a terminal while the notebook's kernel (the server's parent) still runs: the
+    # exited server stays a zombie until the kernel reaps it, and must not be waited on for 15 s.
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; server = subprocess.Popen(['true']); "
+                               "print(server.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(kernel.stdout.readline())
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.02)
+        assert not process.pid_alive(server_pid)
+    finally:
+        kernel.kill()
+        kernel.wait()

@@ -142,7 +142,8 @@ def test_swap_keeps_in_flight_requests_on_their_version(client, store, iris_onnx
     assert asyncio.run(old.predict(feeds, 1))["label"].shape == (1,)  # still answers on version 1
     resp = client.post("/v2/models/iris/infer", json={"inputs": iris_inputs(X.head(1))})
     assert resp.json()["model_version"] == "2"
-    assert client.get("/v2/models/iris/versions/1").status_code == 404
+    assert client.get("/v2/models/iris/versions/1").status_code == 200  # loaded again, on demand
+    assert runtime.resolve("iris", "1") is not old
 
 
 def test_auto_batching_is_off_for_fast_models_and_configurable(store):

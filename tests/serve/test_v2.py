@@ -158,7 +158,7 @@ def test_nan_is_accepted_where_the_model_takes_it(make_client, store, tmp_path):
 
 @pytest.mark.parametrize(("path", "status", "needle"), [
     ("/v2/models/irsi/infer", 404, "did you mean 'iris'"),
-    ("/v2/models/iris/versions/9/infer", 404, "version 9 is not served"),
+    ("/v2/models/iris/versions/9/infer", 404, "has no version 9; versions: 1;"),
     ("/v2/models/iris/versions/staging/infer", 404, "no version or alias 'staging'"),
 ])
 def test_unknown_models_and_versions(client, iris, path, status, needle):

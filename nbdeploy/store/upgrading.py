@@ -1,0 +1,52 @@
+"""``nbdeploy upgrade``: bring a store made by an older nbdeploy to this one's format, in place.
+
+A copy of ``nbdeploy.db`` is made first (beside it, named for its format and the time), then every
+step due runs in one transaction, so the database is either all upgraded or as it was. Model files
+and the prediction log are kept as they are (the log's tables grow additively when a server opens it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbdeploy.errors import NotFound
+from nbdeploy.store import format as store_format
+from nbdeploy.store.registry import DB_FILE, Store, store_path
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What :func:`upgrade` did: the formats before and after, the copy it made, the steps it ran."""
+
+    home: Path
+    before: int
+    after: int
+    backup: Path | None
+    steps: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.backup is None:
+            return f"the store at {self.home} has format {self.after}, this nbdeploy's: nothing to upgrade"
+        lines = [f"upgraded the store at {self.home} from format {self.before} to {self.after}",
+                 f"  a copy of the database from before is at {self.backup}"]
+        lines += [f"  - {step}" for step in self.steps]
+        return "\n".join(lines)
+
+
+def upgrade(home: str | os.PathLike[str] | None = None) -> Upgrade:
+    """Upgrade the existing store at ``home`` (default: ``$NBDEPLOY_HOME`` or ``./.nbdeploy``) in place."""
+    path = store_path(home)
+    db_path = path / DB_FILE
+    if not db_path.is_file():
+        raise NotFound(f"no nbdeploy store at {path} (pass home=, or set NBDEPLOY_HOME)")
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30, isolation_level=None)) as db:
+        before = store_format.check(db, db_path)  # a newer store is refused before anything is copied
+        if before == store_format.FORMAT:
+            return Upgrade(path, before, before, None, ())
+        copy = store_format.backup(db, db_path, before)
+    store = Store(path, upgrade=True)
+    return Upgrade(path, before, store_format.FORMAT, copy, tuple(store.upgraded))
