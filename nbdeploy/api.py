@@ -20,7 +20,7 @@ from nbdeploy.errors import Conflict, InvalidInput, NbdeployError, NotFound
 from nbdeploy.serve import process
 from nbdeploy.store import PRODUCTION, SHADOW, Store, check_name, open_store, removal, upgrading
 from nbdeploy.store import alerts as alert_store
-from nbdeploy.store.registry import CANARY
+from nbdeploy.store.registry import version_states
 from nbdeploy.store.removal import Removal
 from nbdeploy.store.upgrading import Upgrade
 
@@ -346,10 +346,7 @@ def _registry_rows(store: Store) -> list[dict[str, Any]]:
             status = "server down"
         else:
             status = served.get((name, production or -1), ("starting", None))[0]
-        live = {aliases.get(PRODUCTION), aliases.get(SHADOW), aliases.get(CANARY)} - {None}
-        states = {v.version: ("refused" if v.status == "refused" else
-                              ("serving" if name in serving else "stopped") if v.version in live else "registered")
-                  for v in versions}
+        states = version_states(versions, aliases, name in serving)
         rows.append({
             "name": name, "versions": [v.version for v in versions], "states": states,
             "refused": [v.version for v in versions if v.status == "refused"], "aliases": aliases,
@@ -381,7 +378,12 @@ def report(name: str, to: str | os.PathLike[str] | None = None, *, since: Any = 
     store = open_store(home)
     with LogReader(store.home) as log:
         page = render(history(store, name, log, since=since))
-    return page if to is None else page.save(to)
+    if to is None:
+        return page
+    try:
+        return page.save(to)
+    except OSError as exc:  # a folder that does not exist, no permission: say so, in one line
+        raise InvalidInput(f"cannot write the report to {os.fspath(to)}: {exc.strerror or exc}") from None
 
 
 NOT_GIVEN: Any = object()  # ``alerts(name)`` leaves the webhook as it is; ``webhook=None`` clears it

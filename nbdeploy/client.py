@@ -7,6 +7,7 @@ kept-alive connection, with a progress bar for long runs.
 from __future__ import annotations
 
 import http.client
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from nbdeploy.errors import NbdeployError, Unavailable
+from nbdeploy.errors import Conflict, InvalidInput, NbdeployError, NotFound, Unavailable
 from nbdeploy.signature import Signature
 
 Tensors = dict[str, np.ndarray]
@@ -144,11 +145,13 @@ def infer_in_requests(base_url: str, path: str, signature: Signature, tensors: T
 
 
 def _failed_rows(error: NbdeployError, start: int, stop: int, total: int) -> NbdeployError:
-    """The server's refusal of some rows, saying which: its own row numbers count from the request's first row."""
-    done = f"row numbers there count from row {start:,}; rows 0-{start - 1:,} were answered" if start else \
-        "no row was answered"
-    failed = NbdeployError(f"rows {start:,}-{stop - 1:,} of {total:,} were not predicted: {error.message} "
-                           f"({done}; nothing is returned)", error.status)
+    """The server's refusal of some rows, saying which; its row numbers (which count from the request's
+    first row) become rows of the whole input, and the error keeps its kind (InvalidInput for a 400)."""
+    message = re.sub(r"\bat row (\d+)\b", lambda m: f"at row {start + int(m.group(1)):,}", error.message)
+    done = f"rows 0-{start - 1:,} were answered" if start else "no row was answered"
+    failed = _BY_STATUS.get(error.status, NbdeployError)(
+        f"rows {start:,}-{stop - 1:,} of {total:,} were not predicted: {message} ({done}; nothing is returned)",
+        error.status)
     failed.rows = range(start, stop)  # type: ignore[attr-defined]
     return failed
 
@@ -182,7 +185,11 @@ def _refusal(status: int, data: bytes, sent: int) -> NbdeployError:
     if status == 413:
         message += (f" (this request was {sent:,} bytes: send fewer rows per request — Deployment.predict splits "
                     "large inputs by itself — or raise the server's limit, NBDEPLOY_MAX_BODY_BYTES)")
-    return NbdeployError(message, status)
+    return _BY_STATUS.get(status, NbdeployError)(message, status)
+
+
+#: the error a refusal raises in the kernel, by status: what the same check raises in-process
+_BY_STATUS: dict[int, type[NbdeployError]] = {400: InvalidInput, 404: NotFound, 409: Conflict, 503: Unavailable}
 
 
 def outputs_by_name(response: dict[str, Any]) -> dict[str, np.ndarray]:

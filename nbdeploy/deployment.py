@@ -133,6 +133,8 @@ class Deployment:
         tensors = signature.encode(X)  # every value checked here, before anything is sent
         rows = client.rows_of(tensors)
         chunk = client.rows_per_request(signature, tensors, REQUEST_BYTES)
+        if rows > chunk:  # and categories a strict encoder refuses, before the first of several requests
+            signature.feeds(tensors)
         if rows <= chunk:
             wanted = [{"name": o} for o in outputs]
             try:

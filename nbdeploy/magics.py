@@ -276,7 +276,8 @@ class DeployMagics(Magics):
             print(help_text(command), end="")
             return None
         if command == "deploy" and not tokens[0].startswith("-") and tokens[0] not in self.shell.user_ns:
-            hint = did_you_mean(tokens[0], [*SUBCOMMANDS, *self._variables()])
+            hint = (did_you_mean(tokens[0], [*SUBCOMMANDS, *self._variables()])
+                    or " (%deploy --help lists the subcommands)")
             raise UsageError(f"%deploy: {tokens[0]!r} is neither a variable nor a subcommand{hint}")
         parser = PARSERS[command]
         args = parser.parse_args(rest)
@@ -345,14 +346,18 @@ class DeployMagics(Magics):
                             home=self._home()))
 
     def _shadow(self, args: argparse.Namespace) -> None:
-        if args.stop == (args.version is not None):
+        if args.stop and args.version is not None:
+            raise UsageError("%deploy shadow: --stop ends the running shadow: give no VERSION")
+        if not args.stop and args.version is None:
             raise UsageError("%deploy shadow: give a VERSION to shadow with, or --stop")
         api.shadow(args.name, None if args.stop else args.version, home=self._home())
         print(f"{args.name!r}: shadow stopped" if args.stop else
               f"{args.name!r}: version {args.version} now shadows production (see %deploy monitor {args.name})")
 
     def _canary(self, args: argparse.Namespace) -> None:
-        if args.stop == (args.version is not None):
+        if args.stop and args.version is not None:
+            raise UsageError("%deploy canary: --stop ends the running canary: give no VERSION")
+        if not args.stop and args.version is None:
             raise UsageError("%deploy canary: give a VERSION to run as the canary, or --stop")
         status = api.canary(args.name, args.version, percent=args.percent, key=args.key,
                             promote_after=args.promote_after, stop=args.stop, home=self._home())

@@ -218,8 +218,31 @@ def test_the_magic_starts_and_stops_a_canary(home, iris, capsys, ipython):
     assert (canary.percent, canary.key, canary.promote_after) == (20.0, "X-User", 500)
     with pytest.raises(UsageError, match="give a VERSION to run as the canary, or --stop"):
         shell.run_line_magic("deploy", "canary iris")
-    with pytest.raises(UsageError, match="has a canary running already"):
+    with pytest.raises(UsageError, match=r"has a canary running already \(version 2\); stop it first "
+                                         r"\(%deploy canary iris --stop, or stop=True\)"):
         shell.run_line_magic("deploy", "canary iris 2")
     shell.run_line_magic("deploy", "canary iris --stop")
     assert "canary of version 2 stopped; production (version 1) answers all traffic" in capsys.readouterr().out
     assert np.array_equal([c.state for c in canaries(Store(home), "iris")], ["stopped"])
+
+
+def test_the_status_of_a_canary_whose_version_was_deleted_or_pruned_still_shows(home, iris, tmp_path):
+    X, y, model = iris
+    dep = nbdeploy.deploy(model, X, "iris", home=home)
+    store = Store(home)
+    register(LogisticRegression(C=0.5, max_iter=500).fit(X, y), X, "iris", store=store)
+    register(LogisticRegression(C=0.2, max_iter=500).fit(X, y), X, "iris", store=store)
+    nbdeploy.canary("iris", 2, percent=50, home=home)
+    client = httpx.Client()
+    assert {_ask(client, dep.url, X, i, user=f"u{i}")[0] for i in range(40)} == {"1", "2"}
+    nbdeploy.canary("iris", stop=True, home=home)
+    print(nbdeploy.prune("iris", keep=1, home=home)[0])  # version 2, no longer aliased, goes
+    assert [v.version for v in store.versions("iris")] == [1, 3]
+    canary = dep.health()["canary"]
+    assert (canary["state"], canary["version"], canary["arms"]["canary"]["estimated_accuracy"]) == ("stopped", 2, None)
+    nbdeploy.report("iris", to=tmp_path / "iris.html", home=home)
+    assert "canary v2 stopped" in (tmp_path / "iris.html").read_text()
+    nbdeploy.canary("iris", 3, percent=50, home=home)
+    nbdeploy.delete("iris", 3, force=True, home=home)  # the running canary's version
+    canary = dep.health()["canary"]
+    assert canary["state"] == "stopped" and canary["reason"] == "version 3 was deleted"

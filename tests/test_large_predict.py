@@ -13,7 +13,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
 
 import nbdeploy
-from nbdeploy.errors import NbdeployError
+from nbdeploy.errors import InvalidInput, NbdeployError
 from nbdeploy.store.reader import LogReader
 
 pytestmark = pytest.mark.server
@@ -93,7 +93,19 @@ def test_a_row_the_server_refuses_mid_way_is_named_and_nothing_is_returned(deplo
     assert error.status == 400 and 70_000 in error.rows and error.rows.start > 0
     assert f"rows {error.rows.start:,}-{error.rows.stop - 1:,} of 100,000 were not predicted" in error.message
     assert "'f3'" in error.message and "nothing is returned" in error.message
+    assert isinstance(error, InvalidInput) and "at row 70,000;" in error.message  # the row of the whole frame
     assert deployed["reg"].predict(X.head(3)).shape == (3,)  # the endpoint keeps serving
+
+
+def test_a_refusal_raises_what_the_local_predictor_raises_for_the_same_rows(deployed, frame):
+    X, _ = frame
+    bad = X.head(5).copy()
+    bad.iloc[2, 3] = np.nan
+    with pytest.raises(InvalidInput) as served:
+        deployed["reg"].predict(bad)
+    with pytest.raises(InvalidInput) as local:
+        nbdeploy.load("reg", home=deployed["home"]).predict(bad)
+    assert served.value.message == local.value.message and "at row 2" in served.value.message
 
 
 def test_a_server_with_a_smaller_body_limit_gets_smaller_requests(tmp_path: Path, frame, monkeypatch):
@@ -107,5 +119,26 @@ def test_a_server_with_a_smaller_body_limit_gets_smaller_requests(tmp_path: Path
         local = nbdeploy.load("small", home=home).predict(X.head(30_000))
         np.testing.assert_allclose(values.ravel(), local.ravel(), rtol=1e-6)
         assert len(set(ids)) == 30_000
+    finally:
+        nbdeploy.shutdown(home)
+
+
+def test_an_unknown_category_deep_in_a_large_frame_is_refused_before_any_request(tmp_path: Path, frame):
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    X, y = frame
+    X = X.assign(plan=pd.Categorical(np.where(X["f2"] > 0, "pro", "basic")))
+    model = make_pipeline(make_column_transformer((OneHotEncoder(), ["plan"]), remainder="passthrough"), Ridge())
+    home = str(tmp_path / "strict")
+    dep = nbdeploy.deploy(model.fit(X.head(2000), y.head(2000)), X.head(500), name="strict", home=home)
+    try:
+        bad = X.assign(plan=X["plan"].cat.add_categories(["gold"]))
+        bad.loc[70_123, "plan"] = "gold"
+        with pytest.raises(InvalidInput, match="got the unknown category 'gold' at row 70123; the model's encoder"):
+            dep.predict(bad)
+        assert dep.health()["traffic"]["requests"] == 0  # nothing was sent, so nothing half-predicted was logged
+        assert dep.predict(X.head(30_000)).shape == (30_000,)
     finally:
         nbdeploy.shutdown(home)

@@ -133,6 +133,9 @@ def test_train_test_promote_rollback_and_list_from_lines(shell, ns, tmp_path, ca
         ("serve nosuch --on ray", "no model named 'nosuch'"),
         ("serve iris --on mars", "invalid choice: 'mars'"),
         ("shadow iris", "give a VERSION to shadow with, or --stop"),
+        ("shadow iris 2 --stop", "--stop ends the running shadow: give no VERSION"),
+        ("canary iris 2 --stop", "--stop ends the running canary: give no VERSION"),
+        ("help", "'help' is neither a variable nor a subcommand (%deploy --help lists the subcommands)"),
         ("retrain iris --data X", "expected 2 arguments"),
     ],
 )

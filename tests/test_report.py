@@ -15,6 +15,8 @@ from IPython.core.error import UsageError
 import nbdeploy
 from nbdeploy.errors import NbdeployError
 from nbdeploy.monitor import reference_profile
+from nbdeploy.monitor.live import Monitor
+from nbdeploy.monitor.timeline import Timeline
 from nbdeploy.store import Store
 from nbdeploy.store.alerts import record_alert
 from nbdeploy.store.canary import end_canary, start_canary
@@ -85,6 +87,11 @@ def test_the_magic_shows_it_or_writes_it(home: Path, tmp_path: Path, capsys: pyt
         assert "retrained from v1" in target.read_text()
         with pytest.raises(UsageError, match="report"):
             shell.run_line_magic("deploy", "report")
+        missing = tmp_path / "no-such-folder" / "out.html"
+        with pytest.raises(UsageError) as info:
+            shell.run_line_magic("deploy", f"report bend --to {missing}")
+        assert str(info.value) == (f"%deploy report: cannot write the report to {missing}: "
+                                   "No such file or directory")
     finally:
         shell.run_line_magic("config", "DeployMagics.home = ''")
 
@@ -92,3 +99,33 @@ def test_the_magic_shows_it_or_writes_it(home: Path, tmp_path: Path, capsys: pyt
 def test_an_unknown_model_is_named_with_a_hint(home: Path) -> None:
     with pytest.raises(NbdeployError, match="bend"):
         nbdeploy.report("bnd", home=str(home))
+
+
+def test_each_version_has_the_state_the_model_list_gives_it(home: Path) -> None:
+    body = nbdeploy.report("bend", home=str(home))._repr_html_()
+    states = dict(re.findall(r"<tr><td><b>v(\d)</b></td><td>[^<]*</td><td>(\w+)</td>", body))
+    assert states == {"1": "registered", "2": "serving", "3": "registered"}  # v2 is production, served
+    assert nbdeploy.models(home=str(home))["bend"]["states"] == {1: "registered", 2: "serving", 3: "registered"}
+    Store(home).set_serving("bend", False)
+    body = nbdeploy.report("bend", home=str(home))._repr_html_()
+    assert dict(re.findall(r"<tr><td><b>v(\d)</b></td><td>[^<]*</td><td>(\w+)</td>", body))["2"] == "stopped"
+
+
+
+def test_deleting_a_version_that_once_served_leaves_the_report_and_the_monitor_readable(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    meta = {"task": "classification", "classes": [0, 1], "profile": PROFILE, "fidelity": FIDELITY}
+    store.register("bend", b"onnx", {**meta, "metrics": {"metrics": {"accuracy": 0.97}}})
+    store.set_alias("bend", "production", 1)
+    time.sleep(1.5)  # version 1 serves a while: the charts' first seconds compare with its baseline
+    store.register("bend", b"onnx", {**meta, "retrained_from": 1, "metrics": {"metrics": {"accuracy": 0.95}}})
+    store.set_alias("bend", "production", 2)
+    print(nbdeploy.delete("bend", 1, home=str(tmp_path)))  # the alias history still names it
+    body = nbdeploy.report("bend", home=str(tmp_path))._repr_html_()
+    assert "v1 live" in body and "retrain → v2" in body and "<b>v1</b>" not in body  # its event stays
+    monitor = Monitor(str(tmp_path), "bend", store=store, timeline=Timeline(store, "bend"))
+    try:
+        snap = monitor.snapshot()
+    finally:
+        monitor.close()
+    assert snap["version"] == 2 and [e["label"] for e in snap["timeline"]["events"]] == ["v1 live", "retrain → v2"]

@@ -130,10 +130,12 @@ class Charts:
                 ax.axvline(at, color=colour, linewidth=0.9, linestyle=":", alpha=0.9)
         first = max(0, len(events) - MAX_LABELS)
         lo, hi = x_range
-        tiers = _tiers(x[first:], max(hi - lo, 1e-9) * 0.18)
+        # near the right edge a label goes left of its line
+        leftward = [hi > lo and (at - lo) / (hi - lo) > 0.8 for at in x[first:]]
+        tiers = _tiers(x[first:], max(hi - lo, 1e-9) * 0.18, leftward=leftward)
         for ax in labelled:
-            for tier, at, colour, event in zip(tiers, x[first:], colours[first:], events[first:], strict=True):
-                right = hi > lo and (at - lo) / (hi - lo) > 0.8  # near the right edge: the label goes left of its line
+            for tier, at, colour, event, right in zip(tiers, x[first:], colours[first:], events[first:], leftward,
+                                                      strict=True):
                 ax.text(at, 0.97 - 0.12 * tier, f" {event['label']} " if right else f" {event['label']}",
                         transform=ax.get_xaxis_transform(), fontsize=6.5, color=colour, va="top",
                         ha="right" if right else "left", clip_on=True,
@@ -158,13 +160,15 @@ class Charts:
                 ax.set_ylim(0, max(ax.get_ylim()[1] * 1.1, 1e-9))
 
 
-def _tiers(xs: list[float], gap: float, levels: int = 6) -> list[int]:
-    """A height for each label (oldest first): the highest free one, where the last label is ``gap`` away."""
-    last = [-np.inf] * levels
+def _tiers(xs: list[float], gap: float, levels: int = 6, leftward: list[bool] | None = None) -> list[int]:
+    """A height for each label (oldest first): the highest one free of the labels before it. A label spans
+    ``gap`` to the right of its line, or to its left where ``leftward`` says so (near the right edge)."""
+    ends = [-np.inf] * levels  # where the last label of each height ends
     tiers = []
-    for at in xs:
-        tier = next((k for k in range(levels) if at - last[k] >= gap), int(np.argmin(last)))
-        last[tier] = at
+    for i, at in enumerate(xs):
+        start, end = (at - gap, at) if leftward and leftward[i] else (at, at + gap)
+        tier = next((k for k in range(levels) if start >= ends[k]), int(np.argmin(ends)))
+        ends[tier] = end
         tiers.append(tier)
     return tiers
 

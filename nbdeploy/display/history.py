@@ -87,7 +87,7 @@ def versions_html(data: dict[str, Any]) -> str:
                     f"{'passed' if gate.get('passed') else 'refused'}</b>: {html.escape(str(gate.get('reason', '')))}")
         origin = (f"retrained from v{v['retrained_from']}" if v["retrained_from"] is not None else
                   "deployed" if v["served"] else f"{html.escape(v['status'])}, never served")
-        rows.append([f"<b>v{v['version']}</b>", _when(v["created_at"]), html.escape(v["status"]),
+        rows.append([f"<b>v{v['version']}</b>", _when(v["created_at"]), html.escape(v.get("state", v["status"])),
                      html.escape(", ".join(v["aliases"])) or "–", origin,
                      *[_num(v["metrics"].get(k)) for k in names], fidelity, decision])
     return _table(["version", "created", "status", "aliases", "origin", *[html.escape(n) for n in names],

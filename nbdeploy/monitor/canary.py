@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from nbdeploy.errors import InvalidInput, did_you_mean
+from nbdeploy.errors import InvalidInput, NotFound, did_you_mean
 from nbdeploy.monitor.estimate import estimate_accuracy
 from nbdeploy.monitor.metrics import percentile_ms
 from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS
@@ -247,7 +247,10 @@ def canary_snapshot(store: Any, reader: LogReader, name: str, *, metas: dict[int
 
     def meta(version: int) -> dict[str, Any]:
         if version not in metas:
-            metas[version] = store.version(name, version).meta
+            try:
+                metas[version] = store.version(name, version).meta
+            except NotFound:  # deleted since (delete, prune): its logged predictions went with it
+                return {}
         return metas[version]
 
     status = canary_status(canary, log_arms(reader, canary, meta))

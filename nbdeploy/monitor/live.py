@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from nbdeploy.errors import NotFound
 from nbdeploy.monitor.alerts import AlertThresholds, evaluate_alerts
 from nbdeploy.monitor.canary import canary_snapshot
 from nbdeploy.monitor.drift import DriftThresholds, feature_drift
@@ -81,7 +82,10 @@ class Monitor:
         version = ctx["version"]
         if self.store is not None and version is not None:
             if version not in self._meta:
-                self._meta[version] = self.store.version(self.model, version).meta
+                try:
+                    self._meta[version] = self.store.version(self.model, version).meta
+                except NotFound:  # the log's latest version, deleted since (delete, prune)
+                    self._meta[version] = {}
             meta = self._meta[version]
             baseline = meta.get("baseline") or (meta.get("metrics") or {}).get("metrics")  # the gate's held-out run
             for key, value in (("task", meta.get("task")), ("classes", meta.get("classes")),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy.errors import InvalidInput
+from nbdeploy.errors import InvalidInput, NotFound
 from nbdeploy.monitor.live import NICE_WIDTHS
 from nbdeploy.monitor.metrics import percentile_ms
 from nbdeploy.store.alerts import Alert, alerts
@@ -32,7 +32,7 @@ from nbdeploy.store.batch import BUCKET_SECONDS
 from nbdeploy.store.canary import canaries
 from nbdeploy.store.labels import label_key
 from nbdeploy.store.reader import LogReader, Rollups
-from nbdeploy.store.registry import PRODUCTION, SHADOW, Store
+from nbdeploy.store.registry import PRODUCTION, SHADOW, Store, version_states
 
 DEPLOY_SECONDS = 120.0  # a version that becomes production this soon after it was registered was deployed
 FINE_WIDTHS = (1, 2, 5)  # seconds: finer than the rollups' buckets, from the logged rows of a short window
@@ -264,7 +264,10 @@ class Timeline:
         if version is None:
             return None
         if version not in self._baselines:
-            self._baselines[version] = baseline_of(self.store.version(self.name, version).meta)
+            try:
+                self._baselines[version] = baseline_of(self.store.version(self.name, version).meta)
+            except NotFound:  # deleted since (delete, prune): the alias history still names it
+                self._baselines[version] = None
         return self._baselines[version]
 
 
@@ -293,13 +296,16 @@ def history(store: Store, name: str, log: LogReader, *, since: float | str | dat
     for alias, v in sorted(aliases.items()):
         by_version.setdefault(v, []).append(alias)
     served = {v for _, v, _ in production_moves(store, name)}
+    records = store.versions(name)
+    states = version_states(records, aliases, name in store.serving_models())
     versions = []
-    for record in store.versions(name):
+    for record in records:
         meta = record.meta
         origin = ("retrained" if meta.get("retrained_from") is not None else
                   "deployed" if record.version in served else record.status)  # registered, never served; refused
         versions.append({
             "version": record.version, "created_at": record.created_at, "status": record.status,
+            "state": states[record.version],
             "aliases": by_version.get(record.version, []), "task": meta.get("task"), "origin": origin,
             "served": record.version in served, "retrained_from": meta.get("retrained_from"),
             "precision": meta.get("precision"),

@@ -79,7 +79,7 @@ def check_canary(store: Store, name: str, version: int, percent: float, promote_
     running = current_canary(store, name)
     if running is not None:
         raise Conflict(f"model {name!r} has a canary running already (version {running.version}); "
-                       "stop it first (%deploy canary NAME --stop)")
+                       f"stop it first (%deploy canary {name} --stop, or stop=True)")
     return production
 
 

@@ -475,6 +475,15 @@ class Store:
         return {(r[0], int(r[1])): (r[2], r[3]) for r in rows}
 
 
+def version_states(versions: list[VersionRecord], aliases: dict[str, int], serving: bool) -> dict[int, str]:
+    """Each version's state as every view shows it: ``refused`` (by the promotion gate), ``serving`` or
+    ``stopped`` (what production, a shadow or a canary points at, as the model is served or not), else
+    ``registered``."""
+    live = {aliases.get(PRODUCTION), aliases.get(SHADOW), aliases.get(CANARY)} - {None}
+    return {v.version: "refused" if v.status == "refused" else
+            ("serving" if serving else "stopped") if v.version in live else "registered" for v in versions}
+
+
 def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '-' or '_', "

@@ -220,6 +220,16 @@ def test_the_charts_mark_the_events_on_a_wall_clock(story: Monitor) -> None:
         assert title in svg
 
 
+def test_an_event_label_drawn_left_of_its_line_does_not_cover_the_one_before() -> None:
+    from nbdeploy.display.charts import _tiers
+
+    # labels span 4 to the right of their lines: 13 and 19 are free of each other at one height...
+    assert _tiers([0.0, 13.0, 19.0], 4.0) == [0, 0, 0]
+    # ...but near the right edge the last one is drawn to the left (15 to 19), over the one at 13 (13 to 17)
+    assert _tiers([0.0, 13.0, 19.0], 4.0, leftward=[False, False, True]) == [0, 0, 1]
+    assert _tiers([0.0, 13.0, 21.0], 4.0, leftward=[False, False, True]) == [0, 0, 0]  # 17 to 21: free
+
+
 def test_the_static_view_lists_the_events_the_estimate_and_a_canary(story: Monitor) -> None:
     snap = story.snapshot()
     snap["estimated"] = {"metric": "accuracy", "value": 0.8, "low": 0.75, "high": 0.85, "n": 30, "series": [

@@ -189,6 +189,15 @@ def test_context_comes_from_the_store_production_version(tmp_path: Path, log: Pr
     assert snap["quality"]["baseline"] == {"accuracy": 0.99} and snap["drift"]["n"] == 40
 
 
+
+def test_without_production_the_latest_logged_version_may_be_deleted(tmp_path: Path, log: PredictionLog) -> None:
+    store = Store(tmp_path / "home")
+    store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE})
+    classify(log, 20, start=time.time() - 5, version=2)  # logged by a version no longer in the store
+    snap = Monitor(tmp_path, "m", store=store).snapshot()
+    assert snap["version"] == 2 and snap["traffic"]["requests"] == 20
+
+
 def gauges(text: str) -> dict[tuple[str, frozenset], float]:
     """Samples of a Prometheus text exposition, by name and label set (whatever the label order or number format)."""
     out = {}
