@@ -155,6 +155,8 @@ def _remove(store: Store, plans: list[Removal]) -> list[Removal]:
         done.append(removal.remove(store, plan))
     if process.running_server(store):
         process.wait_applied(store, store.generation())
+        # answers given just before the server let go of a version may still sit in its log writer's queue
+        done = [removal.sweep_log(store.home, plan) for plan in done]
     return done
 
 

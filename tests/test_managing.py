@@ -3,6 +3,7 @@ a server that wants its token, and the management commands where scikit-learn is
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 import nbdeploy
+from nbdeploy.client import v2_inputs
 from nbdeploy.errors import Conflict, NotFound
 from nbdeploy.store import PRODUCTION, Store
 
@@ -240,3 +242,26 @@ MAGIC_MISTAKES = [
     ("prune", "%deploy prune: the following arguments are required: --keep"),
     ("prune --keep two", "argument --keep: invalid int value: 'two'"),
 ]
+
+
+def test_deleting_right_after_requests_leaves_none_of_their_logged_rows(tmp_path: Path, iris) -> None:
+    # answers given a moment before the delete still wait in the server's log writer when it starts
+    X, _, model = iris
+    home = str(tmp_path / "store")
+    nbdeploy.deploy(model, X, name="iris", home=home)
+    dep = nbdeploy.deploy(model, X, name="iris", home=home)  # version 2
+    try:
+        nbdeploy.rollback("iris", home=home)  # production -> 1; version 2 answers by number only
+        url = f"{Store(home).server().url}/v2/models/iris/versions/2/infer"
+        body = json.dumps({"inputs": v2_inputs(dep.signature, X.head(1))}).encode()
+        for _ in range(40):
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+
+        removed = nbdeploy.delete("iris", 2, home=home)
+
+        assert logged(home, "iris", 2) == 0
+        assert removed.predictions == 40
+    finally:
+        nbdeploy.shutdown(home)

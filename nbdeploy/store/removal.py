@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -182,6 +183,22 @@ def remove(store: Store, plan: Removal) -> Removal:
         shutil.rmtree(path, ignore_errors=True)
     predictions = _log_rows(store.home, plan, delete=True) if plan.versions or plan.model else 0
     return replace(plan, predictions=predictions, dry_run=False)
+
+
+def sweep_log(home: Path, plan: Removal, *, settle: float = 0.2, timeout: float = 5.0) -> Removal:
+    """Delete the log rows of ``plan`` that the server's writer committed after :func:`remove` (answers
+    given just before the server let the version go wait in its queue a moment): sweep until one sweep
+    finds nothing, at most ``timeout`` seconds. Returns ``plan`` with those rows counted too."""
+    if not (plan.versions or plan.model):
+        return plan
+    found, deadline = 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        late = _log_rows(home, plan, delete=True)
+        found += late
+        if not late:
+            break
+    return replace(plan, predictions=plan.predictions + found)
 
 
 def _tables_with(db: sqlite3.Connection, *columns: str) -> list[str]:
