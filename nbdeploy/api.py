@@ -284,13 +284,13 @@ def canary(name: str, version: int | str | None = None, *, percent: float = 10.0
     store.require_model(name)
     if stop:
         if version is not None:
-            raise InvalidInput("stop=True ends the running canary: give no version")
+            raise InvalidInput("stop=True (--stop) ends the running canary: give no version")
         if end_canary(store, name, STOPPED, "stopped by the user") is None:
             raise Conflict(f"model {name!r} has no canary running")
         _catch_up(store)
     else:
         if version is None:
-            raise InvalidInput("give the version to run as a canary (or stop=True to end the running one)")
+            raise InvalidInput("give the version to run as a canary (or stop=True / --stop to end the running one)")
         record = store.version(name, version)  # a number or its digits; NotFound naming the versions
         thresholds = guard_thresholds(guards)
         check_canary(store, name, record.version, percent, promote_after, key)  # before the gate's work

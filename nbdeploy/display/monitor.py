@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from nbdeploy.display.charts import Charts, events_html, quality_metric
+from nbdeploy.display.refreshing import Refreshing, close_widgets, failure
 from nbdeploy.errors import NbdeployError
 
 if TYPE_CHECKING:  # the view only reads a monitor's snapshots; the caller builds the monitor
@@ -159,7 +160,7 @@ def plain(snap: dict[str, Any]) -> str:
             f"{_f(tr['request_rate'], '.1f')} req/s, p99 {_f(tr['p99_ms'], '.2f')} ms, dropped {tr['dropped']}")
 
 
-class MonitorWidget(widgets.VBox):
+class MonitorWidget(Refreshing, widgets.VBox):
     """The live view of one :class:`Monitor`. ``stop()`` ends the updates and leaves a static view."""
 
     def __init__(self, monitor: Monitor, *, interval: float = 3.0, autostart: bool = True) -> None:
@@ -176,20 +177,11 @@ class MonitorWidget(widgets.VBox):
         self._drawn_at, self._draw_seconds = 0.0, 0.0
         self._charts: Charts | None = None
         self._refresh_lock = threading.Lock()
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
         self._shown: dict[str, dict[str, Any] | None] = {}  # display id -> its frozen static bundle (None: live)
         self._hook: Any = None  # the post_run_cell callback that freezes this cell's displays
         self._panel: Any = None
         self._finished = False
-        self.observe(self._comm_closed, names="comm")
-        self.refresh()
-        if autostart:
-            self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._go_live(autostart)
 
     def refresh(self, *, redraw: bool = True) -> dict[str, Any]:
         """Take a snapshot and show it; returns the snapshot. Charts are redrawn when what they show changed
@@ -214,27 +206,20 @@ class MonitorWidget(widgets.VBox):
             self._table.value = details_html(snap)
         return snap
 
-    def start(self) -> None:
-        if self.running or self._finished:
-            return
-        self._halt.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"nbdeploy-monitor-{self.monitor.model}", daemon=True)
-        self._thread.start()
+    def _thread_name(self) -> str:
+        return f"nbdeploy-monitor-{self.monitor.model}"
 
-    def _loop(self) -> None:
-        while not self._halt.wait(self.interval):
-            try:
-                self.refresh(redraw=False)  # the live view: the kernel's CPU matters more than a fresh chart
-            except Exception as exc:  # keep trying: the log may be busy, moved or not yet created
-                self._header.value = (f"<div style='color:{COLOURS['ALERT']}'>monitor refresh failed: "
-                                      f"{html.escape(f'{type(exc).__name__}: {exc}')}</div>")
+    def _tick(self) -> None:
+        self.refresh(redraw=False)  # the live view: the kernel's CPU matters more than a fresh chart
+
+    def _show_failure(self, exc: Exception) -> None:  # the log may be busy, moved or not yet created
+        self._header.value = (f"<div style='color:{COLOURS['ALERT']}'>monitor refresh failed: "
+                              f"{html.escape(failure(exc))}</div>")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop refreshing, leave each display's static view (its state at the end of its cell, or now),
         and close the widget."""
-        self._halt.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self._halt_thread(timeout)
         if self._finished:
             return
         with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
@@ -249,13 +234,7 @@ class MonitorWidget(widgets.VBox):
                 update_display(frozen or bundle, raw=True, display_id=display_id)
         if self._panel is not None:
             self._panel.close()
-        for part in (self._header, self._chart, self._table, self._button, self):
-            for sub in (getattr(part, "layout", None), getattr(part, "style", None)):
-                if isinstance(sub, widgets.Widget):
-                    sub.close()
-            if part is not self:
-                part.close()
-        self.close()
+        close_widgets(self._header, self._chart, self._table, self._button, self)
         _LIVE.pop((str(self.monitor.path), self.monitor.model), None)
 
     def freeze(self) -> None:
@@ -292,10 +271,6 @@ class MonitorWidget(widgets.VBox):
             self._hook = None
             with contextlib.suppress(ValueError):  # already gone
                 shell.events.unregister("post_run_cell", callback)
-
-    def _comm_closed(self, change: dict[str, Any]) -> None:
-        if change["new"] is None:
-            self.stop()
 
     def dock(self, title: str | None = None) -> None:
         """Show the live view in a JupyterLab side panel (needs the ``sidecar`` package)."""

@@ -31,7 +31,7 @@ import ipywidgets as widgets
 
 from nbdeploy.display.monitor import COLOURS
 from nbdeploy.display.overview import MUTED, TITLE, plain, row_html, static_html
-from nbdeploy.errors import NbdeployError
+from nbdeploy.display.refreshing import Refreshing, close_widgets, failure
 
 _LIVE: dict[str, ModelsPanel] = {}
 
@@ -49,11 +49,6 @@ class PanelActions:
 def _small() -> widgets.Layout:
     """A button as wide as its words; one layout per widget, as hiding one must not hide the others."""
     return widgets.Layout(width="auto")
-
-
-def _error(exc: BaseException) -> str:
-    """An action's failure as one line (never a traceback)."""
-    return exc.message if isinstance(exc, NbdeployError) else f"{type(exc).__name__}: {exc}"
 
 
 # -- the live panel ------------------------------------------------------------------------------
@@ -136,7 +131,7 @@ class ModelRow(widgets.VBox):
         try:
             done = getattr(self.panel.actions, action)(self.name)
         except Exception as exc:
-            self._say(_error(exc), COLOURS["ALERT"])
+            self._say(failure(exc), COLOURS["ALERT"])
         else:
             self._say(str(done), COLOURS["OK"])
         with contextlib.suppress(Exception):  # the refresh thread shows its own failures
@@ -154,7 +149,7 @@ class ModelRow(widgets.VBox):
         try:
             self.monitor = self.panel.actions.monitor(self.name)
         except Exception as exc:
-            self._say(_error(exc), COLOURS["ALERT"])
+            self._say(failure(exc), COLOURS["ALERT"])
             return
         self.monitor_box.children = (self.monitor,)
         self.monitor_button.description, self.monitor_button.icon = "Hide monitor", "times"
@@ -169,16 +164,12 @@ class ModelRow(widgets.VBox):
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 self.monitor.stop()
-        for part in (self.summary, self.monitor_button, self.rollback_button, self.canary_button, self.buttons,
-                     self.question, self.confirm_button, self.cancel_button, self.confirm, self.message,
-                     self.monitor_box, self):
-            for sub in (getattr(part, "layout", None), getattr(part, "style", None)):
-                if isinstance(sub, widgets.Widget):
-                    sub.close()
-            part.close()
+        close_widgets(self.summary, self.monitor_button, self.rollback_button, self.canary_button, self.buttons,
+                      self.question, self.confirm_button, self.cancel_button, self.confirm, self.message,
+                      self.monitor_box, self)
 
 
-class ModelsPanel(widgets.VBox):
+class ModelsPanel(Refreshing, widgets.VBox):
     """Every model of a store, refreshed by a daemon thread. ``stop()`` ends it and leaves a static view."""
 
     def __init__(self, fetch: Callable[[], list[dict[str, Any]]], actions: PanelActions | None = None, *,
@@ -201,20 +192,11 @@ class ModelsPanel(widgets.VBox):
         self.refreshes = 0
         self.at = time.time()
         self._lock = threading.Lock()
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
         self._display_id = uuid.uuid4().hex
         self._displayed = False
         self._sidecar: Any = None
         self._finished = False
-        self.observe(self._comm_closed, names="comm")
-        self.refresh()
-        if autostart:
-            self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._go_live(autostart)
 
     @property
     def docked(self) -> bool:
@@ -249,25 +231,18 @@ class ModelsPanel(widgets.VBox):
         return (f"<div><b>{TITLE}</b> · {count} model{'' if count == 1 else 's'} · updated "
                 f"{time.strftime('%H:%M:%S', time.localtime(self.at))}</div>{note}{failed}")
 
-    def start(self) -> None:
-        if self.running or self._finished:
-            return
-        self._halt.clear()
-        self._thread = threading.Thread(target=self._loop, name="nbdeploy-models-panel", daemon=True)
-        self._thread.start()
+    def _thread_name(self) -> str:
+        return "nbdeploy-models-panel"
 
-    def _loop(self) -> None:
-        while not self._halt.wait(self.interval):
-            try:
-                self.refresh()
-            except Exception as exc:  # keep trying: the store may be busy or the log not yet created
-                self._header.value = self._header_html(_error(exc))
+    def _tick(self) -> None:
+        self.refresh()
+
+    def _show_failure(self, exc: Exception) -> None:
+        self._header.value = self._header_html(failure(exc))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop refreshing, leave the last state as static HTML where the panel was displayed, close it."""
-        self._halt.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self._halt_thread(timeout)
         if self._finished:
             return
         with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
@@ -281,21 +256,12 @@ class ModelsPanel(widgets.VBox):
             self._sidecar.close()
         for row in self.model_rows.values():
             row.close_all()
-        for part in (self._header, self._stop_button, self._top, self._list):
-            for sub in (getattr(part, "layout", None), getattr(part, "style", None)):
-                if isinstance(sub, widgets.Widget):
-                    sub.close()
-            part.close()
-        self.close()
+        close_widgets(self._header, self._stop_button, self._top, self._list, self)
         for key, panel in list(_LIVE.items()):
             if panel is self:
                 del _LIVE[key]
         if self.on_stop is not None:
             self.on_stop()
-
-    def _comm_closed(self, change: dict[str, Any]) -> None:
-        if change["new"] is None:
-            self.stop()
 
     def dock(self, title: str = TITLE) -> None:
         """Show the live panel in JupyterLab's side area (the ``sidecar`` package's right-hand panel)."""

@@ -64,6 +64,11 @@ def _grade(value: float, warn: float, alert: float) -> str:
     return "OK"
 
 
+def _increase(value: float, base: float) -> float:
+    """The relative increase of an error (RMSE, MAE) over its baseline; from a baseline of 0, any error is infinite."""
+    return (value - base) / base if base > 0 else (math.inf if value > 0 else 0.0)
+
+
 def _quality(baseline: dict | None, quality: dict | None, th: AlertThresholds, status: AlertStatus) -> str:
     if baseline is None or quality is None:
         return NOT_JUDGED
@@ -79,7 +84,7 @@ def _quality(baseline: dict | None, quality: dict | None, th: AlertThresholds, s
         return level
     if baseline.get("rmse") is not None and quality.get("rmse") is not None:
         base, cur = float(baseline["rmse"]), float(quality["rmse"])
-        increase = (cur - base) / base if base > 0 else (math.inf if cur > 0 else 0.0)
+        increase = _increase(cur, base)
         level = _grade(increase, th.rmse_increase_warn, th.rmse_increase_alert)
         if level != "OK":
             status.reasons.append(f"RMSE {cur:.4g} vs baseline {base:.4g} (+{100 * increase:.0f}%)")
@@ -104,7 +109,7 @@ def _estimated(baseline: dict | None, estimated: dict, quality_level: str, th: A
         level = _grade(base - value, th.accuracy_drop_warn, th.accuracy_drop_alert)
         change = f"drop {base - value:.3f}"
     else:
-        increase = (value - base) / base if base > 0 else (math.inf if value > 0 else 0.0)
+        increase = _increase(value, base)
         level = _grade(increase, th.mae_increase_warn, th.mae_increase_alert)
         change = f"+{100 * increase:.0f}%"
     if level != "OK":

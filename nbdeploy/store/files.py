@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -62,3 +63,13 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "private_database", "private_dir", "private_file", "write_private"]
+
+
+def stamped_sibling(path: Path, label: str, suffix: str = "") -> Path:
+    """A name not yet taken beside ``path``: ``<name>.<label>-<UTC time>[-<n>]<suffix>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target, n = path.with_name(f"{path.name}.{label}-{stamp}{suffix}"), 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{label}-{stamp}-{n}{suffix}")
+        n += 1
+    return target

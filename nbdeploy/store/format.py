@@ -22,7 +22,6 @@ this nbdeploy is refused when the server opens the registry, before the log is o
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from nbdeploy._version import __version__
 from nbdeploy.errors import Conflict
 from nbdeploy.store import numbering
-from nbdeploy.store.files import private_database
+from nbdeploy.store.files import private_database, stamped_sibling
 
 FORMAT = 2  # the format this nbdeploy writes, and the newest it reads
 LEGACY = 1  # a store from before formats were recorded
@@ -117,12 +116,7 @@ def prepare(db: sqlite3.Connection, path: Path, create: Callable[[], None], *, u
 def backup(db: sqlite3.Connection, path: Path, version: int) -> Path:
     """A consistent copy of the database (SQLite's online backup: safe while a server writes), owner-only,
     named for its format and the time: ``nbdeploy.db.format-1-20260101T120000Z.bak``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.format-{version}-{stamp}.bak")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.format-{version}-{stamp}-{n}.bak")
-        n += 1
+    target = stamped_sibling(path, f"format-{version}", ".bak")
     copy = sqlite3.connect(private_database(target))
     try:
         db.backup(copy)

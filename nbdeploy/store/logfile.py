@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from nbdeploy.store.files import private_database
+from nbdeploy.store.files import private_database, stamped_sibling
 
 log = logging.getLogger("nbdeploy.log")
 
@@ -155,12 +155,7 @@ def recovery_lock(path: Path) -> Iterator[None]:
 
 def set_aside(path: Path) -> Path:
     """Rename a bad ``log.db`` (and its ``-wal``/``-shm``, which belong to it) to ``log.db.corrupt-<time>``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
+    target = stamped_sibling(path, "corrupt")
     for suffix in ("", "-wal", "-shm"):
         src = path.with_name(path.name + suffix)
         if src.exists():

@@ -257,7 +257,7 @@ class Store:
             "SELECT * FROM versions WHERE name = ? AND version = ?", (name, number)
         ).fetchone()
         if row is None:
-            raise NotFound(f"model {name!r} has no version {version}; {self._known(name)}")
+            raise NotFound(f"model {name!r} has no version {version}; {self.known(name)}")
         return self._record(row)
 
     def resolve(self, name: str, ref: int | str | None = None) -> VersionRecord:
@@ -271,10 +271,10 @@ class Store:
         aliases = self.aliases(name)
         if alias not in aliases:
             raise NotFound(f"model {name!r} has no {alias!r} alias{did_you_mean(alias, aliases)}; "
-                           f"{self._known(name)}")
+                           f"{self.known(name)}")
         return self.version(name, aliases[alias])
 
-    def _known(self, name: str) -> str:
+    def known(self, name: str) -> str:
         """``versions: 1, 2; aliases: production -> 2``: what an error about ``name`` should list."""
         listed = [str(r[0]) for r in self._conn().execute(
             "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
@@ -326,6 +326,9 @@ class Store:
             raise InvalidInput(
                 f"alias {alias!r} is not valid: use letters, digits, '-' and '_', starting with a letter"
             )
+        if alias == CANARY:  # it moves with its canary record (store/canary.py), never alone
+            raise InvalidInput(f"the {CANARY} alias belongs to canary rollouts: start one with "
+                               f"nbdeploy.canary({name!r}, VERSION) (%deploy canary {name} VERSION)")
         self.version(name, version)
         with self._tx() as db:
             row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()

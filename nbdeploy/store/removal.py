@@ -10,13 +10,15 @@ carries a plan out, re-checking the rule inside its transaction, in this order:
    ``served`` and ``worker_served``; its ``alias_history`` rows (and the history of other tables,
    such as canaries) stay, readable, and a rollback skips versions that no longer exist. A whole
    model's rows go from every table with a ``name`` column, so tables added later are covered.
-   A running canary of a deleted version (or of a deleted production) is ended first, as stopped.
+   A running canary is ended first, as stopped, when either of its versions goes or the ``canary`` or
+   ``production`` alias is removed (a stopped model's canary would otherwise never be judged again).
 2. Its files (``models/<name>/<version>/``, or ``models/<name>/`` for the whole model).
 3. Its rows in the prediction log (``log.db``): every table with a ``model`` column (and a
    ``version`` column, for a version), under the model's own name and its ``<name>@…`` names
    (shadow answers). Deleted in short transactions of :data:`BATCH` rows, like retention, so a
    server writing the log meanwhile never waits long. A prediction answered while the deletion runs
-   may still be logged after it; retention ages it out.
+   may still be logged after it: once the running server has let the version go, :func:`sweep_log`
+   deletes the rows its writer still had queued.
 
 Version numbers are never given again (see :mod:`nbdeploy.store.numbering`).
 """
@@ -33,7 +35,7 @@ from nbdeploy.errors import Conflict, InvalidInput, NotFound, did_you_mean
 from nbdeploy.store.canary import STOPPED, current_canary, end_canary
 from nbdeploy.store.logfile import connect
 from nbdeploy.store.reader import LOG_FILE
-from nbdeploy.store.registry import PRODUCTION, Store, version_number
+from nbdeploy.store.registry import CANARY, PRODUCTION, Store, version_number
 from nbdeploy.store.writes import transaction
 
 BATCH = 2_000  # log rows per transaction: a few milliseconds of the log's write lock
@@ -155,10 +157,13 @@ def remove(store: Store, plan: Removal) -> Removal:
     """
     name = plan.name
     running = current_canary(store, name)
-    if running is not None and not plan.model and {running.version, running.production} & set(plan.versions):
-        # a canary compares two versions: with one of them gone it ends (the rows of a whole model all go)
-        gone = running.version if running.version in plan.versions else running.production
-        end_canary(store, name, STOPPED, f"version {gone} was deleted")
+    if running is not None and not plan.model:  # (the rows of a whole model all go)
+        # a canary compares two versions: with one of them gone, or the alias of either arm, it ends
+        if {running.version, running.production} & set(plan.versions):
+            gone = running.version if running.version in plan.versions else running.production
+            end_canary(store, name, STOPPED, f"version {gone} was deleted")
+        elif arm := next((a for a in (CANARY, PRODUCTION) if a in plan.aliases), None):
+            end_canary(store, name, STOPPED, f"its {arm} alias was deleted")
     with store._tx() as db:
         aliases = {a: int(v) for a, v in db.execute("SELECT alias, version FROM aliases WHERE name = ?", (name,))}
         moved = sorted(a for a, v in aliases.items() if (plan.model or v in plan.versions) and a not in plan.aliases)

@@ -6,7 +6,6 @@ import re
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,6 @@ def home(tmp_path: Path) -> Path:
     log.feedback("m", [{"id": str(i), "label": 0} for i in range(30)])
     log.close()
     return tmp_path
-
-
-@pytest.fixture
-def shown(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict, str]]:
-    """What the widget would put in the notebook: (kind, bundle, display_id)."""
-    calls: list[tuple[str, dict, str]] = []
-    import IPython.display
-
-    monkeypatch.setattr(IPython.display, "display",
-                        lambda obj, raw=False, display_id=None: calls.append(("display", obj, display_id)))
-    monkeypatch.setattr(IPython.display, "update_display",
-                        lambda obj, raw=False, display_id=None: calls.append(("update", obj, display_id)))
-    return calls
 
 
 def wait_for(condition: Any, timeout: float = 10.0) -> bool:
@@ -129,24 +115,8 @@ def test_sidecar_without_the_package_says_how_to_install_it(home: Path, monkeypa
     assert mw.stop_monitors() == 0  # nothing left running
 
 
-def test_docked_in_a_sidecar(home: Path, monkeypatch: pytest.MonkeyPatch, shown: list) -> None:
-    panels = []
-
-    class Sidecar:
-        def __init__(self, title: str) -> None:
-            self.title, self.closed = title, False
-            panels.append(self)
-
-        def __enter__(self) -> Sidecar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def close(self) -> None:
-            self.closed = True
-
-    monkeypatch.setitem(sys.modules, "sidecar", types.SimpleNamespace(Sidecar=Sidecar))
+def test_docked_in_a_sidecar(home: Path, sidecars: list[Any], shown: list) -> None:
+    panels = sidecars
     widget = mw.monitor_widget(Monitor(home, "m"), interval=60, sidecar=True)
     assert panels[0].title == "monitor: m"
     assert shown[0][0] == "display"  # the live view went into the panel

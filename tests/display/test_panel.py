@@ -6,7 +6,6 @@ import re
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,46 +42,16 @@ class Fetch:
 
 
 @pytest.fixture
-def shown(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict, str]]:
-    """What the panel would put in the notebook: (kind, bundle, display_id)."""
-    calls: list[tuple[str, dict, str]] = []
-    import IPython.display
-
-    monkeypatch.setattr(IPython.display, "display",
-                        lambda obj, raw=False, display_id=None: calls.append(("display", obj, display_id)))
-    monkeypatch.setattr(IPython.display, "update_display",
-                        lambda obj, raw=False, display_id=None: calls.append(("update", obj, display_id)))
-    return calls
-
-
-@pytest.fixture
 def no_side_area(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
 
 
 @pytest.fixture
-def fake_sidecar(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def fake_sidecar(sidecars: list[Any], monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """A JupyterLab kernel with the sidecar package: records the side panels opened and closed."""
-    opened: list[Any] = []
-
-    class Sidecar:
-        def __init__(self, title: str) -> None:
-            self.title, self.closed = title, False
-            opened.append(self)
-
-        def __enter__(self) -> Sidecar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def close(self) -> None:
-            self.closed = True
-
-    monkeypatch.setitem(sys.modules, "sidecar", types.SimpleNamespace(Sidecar=Sidecar))
     monkeypatch.setenv("JPY_SESSION_NAME", "/lab/models.ipynb")
     monkeypatch.delenv("VSCODE_PID", raising=False)
-    return opened
+    return sidecars
 
 
 def wait_for(condition: Any, timeout: float = 10.0) -> bool:

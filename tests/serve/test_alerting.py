@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_helpers import BASE_URL, TestClient, add_version, iris_inputs
+from serve_helpers import BASE_URL, TestClient, add_version, iris_inputs, start_server, stop_server
 
 import nbdeploy
 from nbdeploy.errors import InvalidInput
@@ -220,20 +219,11 @@ def two_workers(tmp_path: Path, iris_onnx) -> Iterator[Store]:
     """``nbdeploy serve --workers 2`` on a store serving iris, judging every 0.3 s."""
     store = Store(tmp_path / "served")
     add_version(store, "iris", iris_onnx)
-    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0",
-                             "--workers", "2"], env={**os.environ, "NBDEPLOY_ALERT_INTERVAL": "0.3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server(store, workers=2, stderr=subprocess.DEVNULL, NBDEPLOY_ALERT_INTERVAL="0.3")
     try:
-        _wait(lambda: (store.server() is not None and len(store.workers()) == 2
-                       and store.server().applied >= store.generation()), "the server to start")
         yield store
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 @pytest.mark.server

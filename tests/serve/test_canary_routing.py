@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import add_version, converted, iris_inputs, scrape
+from serve_helpers import add_version, converted, iris_inputs, scrape, start_server, stop_server
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -125,15 +122,9 @@ def test_two_workers_route_alike_and_record_one_abort(tmp_path: Path, iris, iris
     add_version(store, "iris", tolerant_onnx)
     add_version(store, "iris", iris_onnx, alias=None)
     start_canary(store, "iris", 2, 40.0, guards={"min_requests": 10})
-    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0",
-                             "--workers", "2"], env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    proc = start_server(store, workers=2, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not (store.server() and store.server().pid == proc.pid and len(store.workers()) == 2
-                   and store.server().applied >= store.generation()):
-            assert proc.poll() is None and time.monotonic() < deadline, "the 2-worker server did not start"
-            time.sleep(0.05)
         url = f"{store.server().url}/v2/models/iris/infer"
         client = httpx.Client(headers={"Connection": "close"})  # a connection per request: both workers answer
         # a client id is answered by one version on every worker
@@ -152,9 +143,4 @@ def test_two_workers_route_alike_and_record_one_abort(tmp_path: Path, iris, iris
         assert [a.reasons for a in alerts(store, "iris") if a.source == "canary"] == [[ended.reason]]  # once
         assert {client.post(url, json=_body(X, 0, missing=True)).json()["model_version"] for _ in range(10)} == {"1"}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import add_version, iris_inputs, scrape
+from serve_helpers import add_version, iris_inputs, scrape, start_server, stop_server
 
 from nbdeploy.errors import NotFound
 from nbdeploy.serve import process
@@ -23,20 +18,6 @@ from nbdeploy.serve.runtime import Runtime
 from nbdeploy.store import PRODUCTION, Store
 
 BOUND = 2
-
-
-def _start(store: Store, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0"],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = store.server()
-        if record is not None and record.pid == proc.pid and record.applied >= store.generation():
-            return proc
-        assert proc.poll() is None, f"the server exited at start-up: {proc.stderr.read()[-2000:]!r}"
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the server did not start")
 
 
 @pytest.fixture
@@ -49,17 +30,12 @@ def server(tmp_path: Path, iris_onnx) -> Iterator[tuple[Store, httpx.Client]]:
     store.register("iris", *iris_onnx, status="refused")
     add_version(store, "iris", iris_onnx, alias="staging")
     add_version(store, "iris", iris_onnx)
-    proc = _start(store, NBDEPLOY_MAX_LOADED_VERSIONS=str(BOUND))
+    proc = start_server(store, NBDEPLOY_MAX_LOADED_VERSIONS=str(BOUND))
     try:
         with httpx.Client(base_url=store.server().url, timeout=30) as http:
             yield store, http
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def _infer(http: httpx.Client, X, version: int | str) -> httpx.Response:

@@ -6,14 +6,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import add_version, iris_inputs
+from serve_helpers import add_version, iris_inputs, start_server, stop_server
 
 from nbdeploy.serve import process
 from nbdeploy.serve.config import ServeConfig
@@ -21,23 +20,6 @@ from nbdeploy.serve.server import config_env
 from nbdeploy.store import PRODUCTION, Store
 
 pytestmark = pytest.mark.server
-
-
-def _start(store: Store, workers: int = 2, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0",
-                             "--workers", str(workers)], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = store.server()
-        workers_seen = store.workers()
-        if (record is not None and record.pid == proc.pid and len(workers_seen) == workers
-                and record.applied >= store.generation()):
-            return proc
-        assert proc.poll() is None, f"the server exited at start-up: {proc.stderr.read()[-2000:]!r}"
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the 2-worker server did not start")
 
 
 def _worker_pids(parent: int) -> set[int]:
@@ -49,15 +31,9 @@ def _worker_pids(parent: int) -> set[int]:
 def two_workers(tmp_path: Path, iris_onnx):
     store = Store(tmp_path / "home")
     add_version(store, "iris", iris_onnx)
-    proc = _start(store)
+    proc = start_server(store, workers=2)
     yield store, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_server(proc)
 
 
 def test_config_round_trips_through_the_environment():

@@ -96,3 +96,13 @@ def test_one_canary_per_model_and_only_of_a_served_model(store):
         start_canary(store, "iris", 3, 10.0)
     with pytest.raises(InvalidInput, match="ends as one of"):
         end_canary(store, "iris", "finished")
+
+
+def test_the_canary_alias_moves_only_with_a_canary(store: Store) -> None:
+    """A promote or rollback of ``canary`` would move the alias without its record: routing and guards disagree."""
+    with pytest.raises(InvalidInput, match=r"the canary alias belongs to canary rollouts: start one with "
+                                           r"nbdeploy.canary\('iris', VERSION\) \(%deploy canary iris VERSION\)"):
+        store.set_alias("iris", "canary", 2)
+    assert "canary" not in store.aliases("iris")
+    start_canary(store, "iris", 2, 10.0)
+    assert store.aliases("iris")["canary"] == 2

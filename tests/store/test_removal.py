@@ -231,3 +231,18 @@ def test_deleting_a_canarys_version_ends_the_canary(tmp_path: Path) -> None:
     assert current_canary(store, "iris") is None and store.aliases("iris") == {PRODUCTION: 1}
     ended = canaries(store, "iris")[-1]  # its history stays readable
     assert (ended.state, ended.reason, ended.version) == ("stopped", "version 2 was deleted", 2)
+
+
+@pytest.mark.parametrize("alias", ["canary", PRODUCTION])
+def test_removing_an_alias_of_a_canarys_arm_ends_the_canary(tmp_path: Path, alias: str) -> None:
+    """Without its alias the canary has no arm left: it ends (a stopped model's would never be judged)."""
+    from nbdeploy.store.canary import canaries, current_canary, start_canary
+
+    store = make_store(tmp_path, {"iris": 2}, {})
+    store.set_alias("iris", PRODUCTION, 1)
+    store.set_serving("iris", True)
+    start_canary(store, "iris", 2, 10.0)
+    removal.remove(store, removal.plan_delete(store, "iris", alias=alias, force=True))
+    assert current_canary(store, "iris") is None and "canary" not in store.aliases("iris")
+    ended = canaries(store, "iris")[-1]
+    assert (ended.state, ended.reason) == ("stopped", f"its {alias} alias was deleted")
