@@ -34,7 +34,8 @@ CELLS = [(1, 1), (1, 16), (100, 1), (100, 16)]  # (rows per request, concurrency
 
 
 def nbdeploy_server(label: str, work: Path, model_list: list, batching: str = "auto",
-                    log: str = "on", workers: int = 1) -> harness.Server:
+                    log: str = "on", workers: int = 1, code: Path = ROOT) -> harness.Server:
+    """``nbdeploy serve`` on a fresh home; ``code`` is the directory holding the ``nbdeploy`` package run."""
     from nbdeploy.store import Store
 
     home = work / f"home-{label.replace(' ', '-').replace(',', '')}"
@@ -46,8 +47,10 @@ def nbdeploy_server(label: str, work: Path, model_list: list, batching: str = "a
     argv = [sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(home), "--port", str(port),
             "--batching", batching, "--workers", str(workers)]
     env = {**os.environ, "NBDEPLOY_PREDICTION_LOG": log}
+    if code != ROOT:  # another copy of the package (--baseline): first on the path of the server process
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
     return harness.Server(label, argv, f"http://127.0.0.1:{port}/v2/health/ready",
-                          f"http://127.0.0.1:{port}/v2/models/{model_list[0].name}/infer", ROOT, env)
+                          f"http://127.0.0.1:{port}/v2/models/{model_list[0].name}/infer", code, env)
 
 
 def floor_server() -> harness.Server:
@@ -99,13 +102,15 @@ def measure_model(model, servers, work, wrk_bin, args) -> list[dict]:
             for rows, conc in CELLS:
                 for server in live:
                     body = body_file(work, server, model, rows)
+                    cpu = server.cpu_seconds()
                     r = harness.wrk(wrk_bin, server.score_url, body, conc, args.duration)
+                    cpu_us = (server.cpu_seconds() - cpu) / max(r.requests, 1) * 1e6
                     results.append({"model": model.name, "server": server.label, "rows": rows, "conc": conc,
                                     "round": round_no, "rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms,
-                                    "errors": r.errors, "rss": server.rss_mb()})
+                                    "errors": r.errors, "rss": server.rss_mb(), "cpu_us": cpu_us})
                     print(f"  {model.name:4} {server.label:22} rows={rows:<3} c={conc:<2} "
-                          f"{r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
-                          + (f"  errors {r.errors}" if r.errors else ""), flush=True)
+                          f"{r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms  "
+                          f"cpu {cpu_us:6.0f} us/req" + (f"  errors {r.errors}" if r.errors else ""), flush=True)
     finally:
         for server in live:
             server.stop()
@@ -197,6 +202,9 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true",
                         help="only the plain server vs Ray Serve with 1 and 2 replicas (lr, 1 row, c16), in a "
                              "loopback-only network namespace (root); prints a table, writes nothing")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure the nbdeploy package found in DIR (e.g. a copy taken before a change), "
+                             "log on and off, side by side with this tree's")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args()
     if args.ray:
@@ -227,7 +235,11 @@ def main() -> None:
         else:
             servers.append(nbdeploy_server("nbdeploy", work, [model]))
             servers.append(nbdeploy_server("nbdeploy, log off", work, [model], log="off"))
-            if model.name == "lr":
+            if args.baseline:  # the same server from another copy of the code, in the same interleaved rounds
+                base = Path(args.baseline).resolve()
+                servers.append(nbdeploy_server("baseline", work, [model], code=base))
+                servers.append(nbdeploy_server("baseline, log off", work, [model], log="off", code=base))
+            if model.name == "lr" and not args.baseline:
                 servers.append(nbdeploy_server("nbdeploy, 2 workers", work, [model], workers=2))
             servers += [peer_server(p, model, work) for p in peer_names]
         results += measure_model(model, servers, work, wrk_bin, args)

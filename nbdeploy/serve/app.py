@@ -22,12 +22,13 @@ from nbdeploy.errors import NbdeployError
 from nbdeploy.serve.alerting import Alerting
 from nbdeploy.serve.canary import CanaryGuard
 from nbdeploy.serve.config import ServeConfig
+from nbdeploy.serve.dispatch import InferFirst
 from nbdeploy.serve.feedback import log_details
 from nbdeploy.serve.inference import ServerContext
 from nbdeploy.serve.metrics import Metrics, TrafficCollector
 from nbdeploy.serve.monitoring import ServerMonitors
 from nbdeploy.serve.responses import INTERNAL, error_headers, error_response
-from nbdeploy.serve.routes import routes
+from nbdeploy.serve.routes import ROUTES, routes
 from nbdeploy.serve.runtime import Runtime
 from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard, check_settings
 from nbdeploy.store import Store
@@ -86,7 +87,12 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
         thread = threading.Thread(target=follow, name="nbdeploy-store-follower", daemon=True)
         thread.start()
         # judges running canaries from the prediction log when there is one, else from this process's counters
-        guard = CanaryGuard(store, runtime, logged=callable(getattr(app.state.sink, "feedback", None)))
+        def rerouted() -> None:
+            ctx.canaries.refresh()
+            runtime.sync()
+
+        guard = CanaryGuard(store, runtime, logged=callable(getattr(app.state.sink, "feedback", None)),
+                            on_end=rerouted)
         guard.start()
         alerting = Alerting(store, config.alert_interval, monitors=getattr(app.state, "monitors", None),
                             workers=config.workers > 1)
@@ -111,7 +117,8 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
         routes=[*routes, *extra_routes],
         lifespan=lifespan,
         middleware=[Middleware(Guard, hosts=hosts, token=token, max_body=config.max_body_bytes, metrics=metrics,
-                               allowed_origins=config.origins)],
+                               allowed_origins=config.origins),
+                    Middleware(InferFirst, specs=ROUTES)],  # the hot path skips Starlette's router (serve/dispatch.py)
         exception_handlers={NbdeployError: _nbdeploy_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.ctx = ctx

@@ -7,6 +7,10 @@ to ``max_wait`` for more rows only while other requests for the version are bein
 Results go back to the event loop in one callback per call. The queue is bounded by rows: beyond
 ``max_queue_rows`` a request gets 503 with Retry-After.
 
+A version whose call costs less than the hand-off itself (``inline_rows``, measured at load by
+:mod:`nbdeploy.serve.inline`) runs a lone request of up to that many rows on the event loop instead:
+two thread wake-ups cost more than ONNX Runtime takes for a small model.
+
 One batcher belongs to one :class:`~nbdeploy.serve.runtime.LoadedModel` (one version), so a
 request always finishes on the version it resolved. ``close()`` lets queued work finish first.
 """
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from nbdeploy.errors import Unavailable
+from nbdeploy.serve.inline import INLINE_ABANDON_MS, INLINE_SLOW_SHARE, INLINE_STRIKES
 from nbdeploy.serve.metrics import Histogram
 
 log = logging.getLogger("nbdeploy.server")
@@ -50,7 +55,8 @@ class _Item:
 
 class Batcher:
     def __init__(self, run: Callable[[Feeds], Outputs], label: str, *, batching: bool, max_rows: int = 64,
-                 max_wait: float = 0.001, max_queue_rows: int = 4096, sizes: Histogram | None = None) -> None:
+                 max_wait: float = 0.001, max_queue_rows: int = 4096, sizes: Histogram | None = None,
+                 inline_rows: int = 0) -> None:
         self.run = run
         self.label = label
         self.batching = batching
@@ -58,6 +64,9 @@ class Batcher:
         self.max_wait = max_wait
         self.max_queue_rows = max_queue_rows
         self.sizes = sizes or Histogram((1,))
+        self.inline_rows = inline_rows  # requests of at most this many rows run on the event loop
+        self._slow = 0.0  # slow inline calls, less INLINE_SLOW_SHARE for each call in time
+        self._inline_turn = False  # a request ran inline during this turn of the event loop
         self.pending_rows = 0  # queued or running; changed on the event loop only
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -72,8 +81,16 @@ class Batcher:
         """Queue one request's feeds and wait for its outputs (rows in the order given).
 
         Under load, requests submitted during one turn of the event loop go to the worker together,
-        so it is woken once per turn, not once per request; a request alone goes at once.
+        so it is woken once per turn, not once per request; a request alone goes at once. A request
+        of at most ``inline_rows`` rows runs here, on the event loop, when it is alone: nothing queued
+        and no other request submitted this turn. Under load the hand-off is the cheaper path after all
+        (measured: the worker answers a turn's requests together, where inline answers wake the clients
+        one by one), so inline calls are what cuts a lone request's latency.
         """
+        if rows <= self.inline_rows and not self.pending_rows and not self._inline_turn:
+            self._inline_turn = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            return self._inline(feeds, rows)
         if self.pending_rows and self.pending_rows + rows > self.max_queue_rows:
             raise Overloaded(f"model {self.label} is overloaded: {self.pending_rows} rows are queued "
                              f"(limit {self.max_queue_rows}); retry shortly")
@@ -87,6 +104,29 @@ class Batcher:
         if idle:  # nothing else in flight: hand it over now rather than at the end of this turn
             self._flush()
         return await future
+
+    def _next_turn(self) -> None:
+        self._inline_turn = False
+
+    def _inline(self, feeds: Feeds, rows: int) -> Outputs:
+        """One call on the event loop. Calls far costlier than measured at load, more than a few and more than
+        one in a hundred, send the version back to its thread for good (its real inputs cost more than the
+        warm-up rows did); a slow call now and then does not."""
+        # CPU time of this thread, not wall time: waiting for the GIL (held by another thread when ONNX
+        # Runtime returns) or for a core on a busy machine is no fault of the model's
+        started = time.thread_time()
+        result = self.run(feeds)
+        elapsed_ms = (time.thread_time() - started) * 1000
+        if elapsed_ms <= INLINE_ABANDON_MS:
+            self._slow = max(self._slow - INLINE_SLOW_SHARE, 0.0)
+        else:  # a slow call now and then may be the machine's doing; a slow call every time is the model's
+            self._slow += 1.0
+            if self._slow >= INLINE_STRIKES and self.inline_rows:
+                self.inline_rows = 0
+                log.warning("%s took %.1f ms on the event loop (again): it runs on its worker thread from now on",
+                            self.label, elapsed_ms)
+        self.sizes.observe(rows)
+        return result
 
     def _flush(self) -> None:
         items, self._outbox = self._outbox, []

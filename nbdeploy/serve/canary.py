@@ -30,6 +30,7 @@ import hashlib
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +104,12 @@ class CanaryRouter:
 class CanaryGuard:
     """The thread that judges running canaries and ends them (see the module's docstring)."""
 
-    def __init__(self, store: Store, runtime: Runtime, *, logged: bool, interval: float = GUARD_SECONDS) -> None:
+    def __init__(self, store: Store, runtime: Runtime, *, logged: bool, interval: float = GUARD_SECONDS,
+                 on_end: Callable[[], None] | None = None) -> None:
         self.store, self.runtime, self.logged, self.interval = store, runtime, logged, interval
+        # called after this guard ended a canary, so this process routes by the outcome at once rather than at
+        # its next store poll (other workers follow at theirs)
+        self.on_end = on_end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reader: Any = None
@@ -143,6 +148,8 @@ class CanaryGuard:
                 outcome = self.judge(canary)
             if outcome is not None:
                 ended.append(outcome)
+        if ended and self.on_end is not None:
+            self.on_end()
         return ended
 
     def judge(self, canary: Canary) -> Canary | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import numbers
+import operator
 from collections.abc import Callable
 from itertools import chain, repeat
 from typing import Any, NamedTuple
@@ -27,6 +28,7 @@ BUCKET_SECONDS = 10
 LATENCY_EDGES_MS = np.geomspace(0.01, 100_000.0, 116)  # ~15 % wide; bucket = searchsorted(edges, ms, "right")
 N_LATENCY = len(LATENCY_EDGES_MS) + 1
 _EDGES = LATENCY_EDGES_MS.tolist()
+_NDIM = operator.attrgetter("ndim")
 Rules = dict[str, tuple[Any, Any]]
 
 
@@ -182,14 +184,20 @@ class Batch:
         """Encode parts sharing inputs and outputs; nothing is kept unless all of them encode."""
         sizes = [p.stop - p.start for p in parts]
         total = sum(sizes)
-        first = parts[0].event
+        events = [p.event for p in parts]
+        first = events[0]
+        whole = all(p.start == 0 and p.stop == p.rows for p in parts)  # the usual case: nothing to slice
+
+        def column(arrays: list[Any]) -> np.ndarray:
+            return _stack(arrays if whole else [_slice(a, p) for a, p in zip(arrays, parts, strict=True)], sizes)
+
         names: list[str] = []
         cols: list[np.ndarray] = []
         for name in first.inputs:
-            arr = _stack([_slice(p.event.inputs[name], p) for p in parts], sizes)
+            arr = column([e.inputs[name] for e in events])
             names += logged_names(name, arr.shape[1])
             cols += [arr[:, j] for j in range(arr.shape[1])]
-        outputs = {k: _stack([_slice(p.event.outputs[k], p) for p in parts], sizes) for k in first.outputs}
+        outputs = {k: column([e.outputs[k] for e in events]) for k in first.outputs}
         label, proba = outputs.pop("label", None), outputs.pop("probabilities", None)
         labels = [None] * total if label is None else [
             v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in widen(label[:, 0]).tolist()]
@@ -198,12 +206,18 @@ class Batch:
             None] * total
         others = [dumps({k: v[i].tolist() for k, v in outputs.items()}) for i in range(total)] if outputs else [
             None] * total
-        ids = [i for p in parts for i in row_ids(p.event.id, p.rows, p.start, p.stop)]
-        clients = list(chain.from_iterable(  # on the first row of a request only: feedback finds requests by it
-            ([p.event.client_id] if p.start == 0 else [None]) + [None] * (n - 1) for p, n in zip(parts, sizes,
-                                                                                                   strict=True)))
-        ts = [p.event.ts for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
-        lat = [p.event.latency_ms for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
+        if whole and total == len(parts):  # single-row requests: one row each, keyed by the request's key
+            ids = [e.id for e in events]
+            clients = [e.client_id for e in events]
+            ts = [e.ts for e in events]
+            lat = [e.latency_ms for e in events]
+        else:
+            ids = [i for p in parts for i in row_ids(p.event.id, p.rows, p.start, p.stop)]
+            clients = list(chain.from_iterable(  # on the first row of a request only: feedback finds requests by it
+                ([p.event.client_id] if p.start == 0 else [None]) + [None] * (n - 1) for p, n in zip(parts, sizes,
+                                                                                                       strict=True)))
+            ts = [p.event.ts for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
+            lat = [p.event.latency_ms for p, n in zip(parts, sizes, strict=True) for _ in range(n)]
         starts = [p.event for p in parts if p.start == 0]  # a request counts once, with its first part
         latency = np.array([e.latency_ms for e in starts], dtype=float)
         rules = self.rules(model, version)
@@ -225,12 +239,10 @@ class Batch:
 
 def _stack(arrays: list[Any], sizes: list[int]) -> np.ndarray:
     """Per-event arrays of ``sizes`` rows as one 2-D array (a 1-D array is one column)."""
-    parts = [np.asarray(a) for a in arrays]
-    if [len(a) if a.ndim else -1 for a in parts] == sizes:  # the usual case: no reshape per event
-        if all(a.ndim == 2 for a in parts):
-            return np.concatenate(parts)
-        if all(a.ndim == 1 for a in parts):
-            return np.concatenate(parts)[:, None]
+    parts = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+    ndims = set(map(_NDIM, parts))
+    if len(ndims) == 1 and ndims <= {1, 2} and list(map(len, parts)) == sizes:  # the usual case: no reshape
+        return np.concatenate(parts) if 2 in ndims else np.concatenate(parts)[:, None]
     for a, n in zip(parts, sizes, strict=True):
         if (a.size if a.ndim <= 1 else len(a)) != n:
             raise ValueError(f"an input or output has {a.shape[0] if a.ndim else 1} rows, the labels {n}")

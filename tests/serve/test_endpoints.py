@@ -77,6 +77,8 @@ def test_versioned_routes_answer_for_that_version(served, iris):
         ("/v2/models/irsi", 404, "did you mean 'iris'"),
         ("/v2/models/iris/versions/9", 404, "version 9"),
         ("/v2/models/iris/versions/staging", 404, "no version or alias 'staging'"),
+        ("/v2/models/iris/versions/latest", 404, "no version or alias 'latest'; versions: 1"),
+        ("/v2/models/iris/versions/productoin", 404, "(did you mean 'production'?)"),
         ("/v2/nothing-here", 404, "Not Found"),
     ],
 )

@@ -198,6 +198,7 @@ def test_overload_answers_503_with_retry_after_and_health_stays_up(make_client, 
         return slow_run(feeds)
 
     model.batcher.run = slow
+    model.batcher.inline_rows = 0  # as the probe at load decides for a slow model: off the event loop
     statuses: list[tuple[int, str | None]] = []
 
     def call() -> None:
