@@ -107,17 +107,26 @@ class Charts:
         self._time_axis(start, end)
 
     def _estimated(self, ax: Any, snap: dict[str, Any], metric: str) -> None:
+        earlier = [p for p in (snap.get("timeline") or {}).get("estimated_before") or []
+                   if p.get("metric") == metric and p.get("value") is not None]
+        for i, version in enumerate(dict.fromkeys(p["version"] for p in earlier)):  # production before, faded
+            self._estimate_line(ax, [p for p in earlier if p["version"] == version], alpha=0.5,
+                                label=None if i else "estimated (earlier versions)")
         est = snap.get("estimated") or {}
         points = [p for p in est.get("series") or [] if p.get("value") is not None]
         if est.get("metric") != metric or not points:
             return
+        self._estimate_line(ax, points, alpha=1.0, label="estimated")
+
+    @staticmethod
+    def _estimate_line(ax: Any, points: list[dict[str, Any]], *, alpha: float, label: str | None) -> None:
         t = np.array([p["t"] for p in points]) / 86_400.0
         value = np.array([p["value"] for p in points], dtype=float)
         low = np.array([p["low"] if p.get("low") is not None else p["value"] for p in points], dtype=float)
         high = np.array([p["high"] if p.get("high") is not None else p["value"] for p in points], dtype=float)
-        ax.fill_between(t, low, high, color="#1a7f37", alpha=0.18, linewidth=0)
+        ax.fill_between(t, low, high, color="#1a7f37", alpha=0.18 * alpha, linewidth=0)
         ax.plot(t, value, "o-" if len(t) <= SPARSE else "-", color="#1a7f37", markersize=3, linewidth=1,
-                label="estimated")
+                alpha=alpha, label=label)
 
     def _events(self, events: list[dict[str, Any]], labelled: tuple[Any, ...],
                 x_range: tuple[float, float]) -> None:

@@ -37,6 +37,7 @@ from nbdeploy.store.reader import LabelledPredictions, LogReader, Rollups
 if TYPE_CHECKING:  # built by the caller: the timeline reads this module's chart widths
     from nbdeploy.monitor.timeline import Timeline
 
+EARLIER_ESTIMATES = 3  # earlier production versions whose estimate a timeline keeps (each reads its own windows)
 NICE_WIDTHS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
@@ -138,6 +139,8 @@ class Monitor:
         snap["quality"], snap["labels"]["delay"] = self._quality(labelled, ctx)
         snap["estimated"] = estimated_quality(self.log, self.model, ctx["version"], self._meta.get(ctx["version"]),
                                               window=self.count_window, windows=self.count_windows, notes=notes)
+        if story is not None and self.store is not None:
+            story["estimated_before"] = self._estimated_before(story, ctx["version"])
         snap["task"] = snap["task"] or snap["quality"]["task"]
         snap["drift"], snap["inputs"], snap["notes"], snap["shadow"] = drift, inputs, notes, shadow
         # the running (else the latest) canary's arms side by side, as its guards judge them
@@ -151,6 +154,24 @@ class Monitor:
         if story is not None:
             snap["timeline"] = story
         return _plain(snap)
+
+    def _estimated_before(self, story: dict[str, Any], current: int | None) -> list[dict[str, Any]]:
+        """The estimate's windows of the versions production served earlier in the timeline (the last few), so a
+        chart keeps showing how the estimate moved before a retrain or a promotion; each point names its version."""
+        earlier = [v for v in dict.fromkeys(reversed(story["series"].get("version") or [])) if v not in (None, current)]
+        points: list[dict[str, Any]] = []
+        for version in earlier[:EARLIER_ESTIMATES]:
+            if version not in self._meta:
+                try:
+                    self._meta[version] = self.store.version(self.model, version).meta
+                except NotFound:  # deleted since: nothing to estimate with
+                    continue
+            estimate = estimated_quality(self.log, self.model, version, self._meta[version], window=self.count_window,
+                                         windows=self.count_windows, notes=[])
+            if estimate is not None:
+                points += [{**p, "version": version, "metric": estimate["metric"]} for p in estimate["series"]
+                           if p["t"] >= story["start"]]
+        return sorted(points, key=lambda p: p["t"])
 
     def _shadow(self) -> dict[str, Any] | None:
         """How often the shadow version's answers agree with production's (its latest version only)."""

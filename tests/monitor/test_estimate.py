@@ -268,3 +268,32 @@ def test_end_to_end_estimate_beside_realised_accuracy_and_on_metrics(deployed) -
     text = urllib.request.urlopen(f"{dep.server_url}/metrics").read().decode()
     assert 'nbdeploy_estimated_accuracy{bound="value",model="clf",version="1"}' in text
     assert 'nbdeploy_estimated_mae{bound="high",model="reg",version="1"}' in text
+
+
+@pytest.mark.server
+def test_after_a_new_version_the_timeline_keeps_the_estimate_of_the_one_before(tmp_path: Path) -> None:
+    from nbdeploy.monitor.live import Monitor
+    from nbdeploy.monitor.timeline import Timeline
+
+    home = str(tmp_path)
+    columns = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(4)
+    X, y = rows(rng, 3_000)
+    model = LogisticRegression().fit(pd.DataFrame(X, columns=columns), y)
+    X_h, y_h = rows(rng, 1_000)
+    held = pd.DataFrame(X_h, columns=columns)
+    try:
+        first = nbdeploy.deploy(model, held, name="churn", home=home, test=(held, y_h))
+        first.predict(pd.DataFrame(rows(rng, WINDOW)[0], columns=columns))
+        deadline = time.monotonic() + 10  # predictions reach the log a moment after their answer
+        while first.health()["estimated"]["n"] < WINDOW and time.monotonic() < deadline:
+            time.sleep(0.1)
+        nbdeploy.deploy(model, held, name="churn", home=home)  # version 2, with nothing to estimate with
+        store = open_store(home)
+        snap = Monitor(home, "churn", store=store, timeline=Timeline(store, "churn")).snapshot()
+        earlier = snap["timeline"]["estimated_before"]
+        assert snap["version"] == 2 and snap["estimated"] is None
+        assert earlier and {p["version"] for p in earlier} == {1} and {p["metric"] for p in earlier} == {"accuracy"}
+        assert earlier[-1]["n"] == WINDOW and 0.5 < earlier[-1]["value"] <= 1.0
+    finally:
+        nbdeploy.shutdown(home)
