@@ -33,6 +33,7 @@ from nbdeploy.monitor.quality import classification_quality, label_delay, regres
 from nbdeploy.store.batch import BUCKET_SECONDS
 from nbdeploy.store.labels import label_key, label_keys
 from nbdeploy.store.reader import LabelledPredictions, LogReader, Rollups
+from nbdeploy.store.registry import PRODUCTION
 
 if TYPE_CHECKING:  # built by the caller: the timeline reads this module's chart widths
     from nbdeploy.monitor.timeline import Timeline
@@ -158,7 +159,8 @@ class Monitor:
     def _estimated_before(self, story: dict[str, Any], current: int | None) -> list[dict[str, Any]]:
         """The estimate's windows of the versions production served earlier in the timeline (the last few), so a
         chart keeps showing how the estimate moved before a retrain or a promotion; each point names its version."""
-        earlier = [v for v in dict.fromkeys(reversed(story["series"].get("version") or [])) if v not in (None, current)]
+        moves = [m["version"] for m in self.store.alias_history(self.model) if m["alias"] == PRODUCTION]
+        earlier = [v for v in dict.fromkeys(reversed(moves)) if v not in (None, current)]
         points: list[dict[str, Any]] = []
         for version in earlier[:EARLIER_ESTIMATES]:
             if version not in self._meta:
