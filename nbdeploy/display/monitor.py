@@ -219,12 +219,8 @@ class MonitorWidget(Refreshing, widgets.VBox):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop refreshing, leave each display's static view (its state at the end of its cell, or now),
         and close the widget."""
-        self._halt_thread(timeout)
-        if self._finished:
+        if not self._wind_down(timeout):
             return
-        with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
-            self.refresh()
-        self._finished = True
         self._unhook()
         bundle = self.static_bundle()
         if self._shown:

@@ -242,12 +242,8 @@ class ModelsPanel(Refreshing, widgets.VBox):
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop refreshing, leave the last state as static HTML where the panel was displayed, close it."""
-        self._halt_thread(timeout)
-        if self._finished:
+        if not self._wind_down(timeout):
             return
-        with contextlib.suppress(Exception):  # the static view shows the state at stop, if it can be read
-            self.refresh()
-        self._finished = True
         if self._displayed:
             from IPython.display import update_display
 

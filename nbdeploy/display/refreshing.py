@@ -9,6 +9,7 @@ frontend stops it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -18,7 +19,7 @@ from nbdeploy.errors import NbdeployError
 
 
 class Refreshing:
-    """The refresh thread of a live widget: :meth:`start` and :meth:`_halt_thread` (for ``stop()``)."""
+    """The refresh thread of a live widget: :meth:`start` and :meth:`_wind_down` (for ``stop()``)."""
 
     interval: float
     _finished: bool
@@ -61,6 +62,17 @@ class Refreshing:
         self._halt.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def _wind_down(self, timeout: float) -> bool:
+        """The start of ``stop()``: halt the thread and take a last refresh, so the static view left behind
+        shows the state at stop (when it can be read); False when the view had stopped already."""
+        self._halt_thread(timeout)
+        if self._finished:
+            return False
+        with contextlib.suppress(Exception):
+            self.refresh()  # type: ignore[attr-defined]
+        self._finished = True
+        return True
 
     def _thread_name(self) -> str:
         raise NotImplementedError
