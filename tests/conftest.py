@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pgserver
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -53,3 +55,29 @@ def served(tmp_path_factory: pytest.TempPathFactory, iris, diabetes) -> Iterator
     yield {"home": home, "deps": deps, "url": deps["iris"].server_url}
     nbdeploy.shutdown(home)
 
+
+def _postgres_required() -> bool:
+    """CI (and NBDEPLOY_REQUIRE_POSTGRES=1) installs PostgreSQL, so a missing server there is a failure."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return ci not in ("", "0", "false", "no") or os.environ.get("NBDEPLOY_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pgserver.PostgresServer]:
+    """The session's throwaway PostgreSQL server (tests/pgserver.py); skips where PostgreSQL is missing."""
+    server = pgserver.shared_server()
+    if server is None:
+        probe = pgserver.PostgresServer()
+        probe.available()
+        reason = probe.reason or "PostgreSQL is unavailable"
+        if _postgres_required():
+            pytest.fail(f"PostgreSQL is required here (CI or NBDEPLOY_REQUIRE_POSTGRES=1): {reason}")
+        pytest.skip(reason)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: pgserver.PostgresServer) -> str:
+    """The URL of a new empty database on the session's PostgreSQL server."""
+    return postgres.fresh_database()

@@ -14,6 +14,10 @@ Opening a store (:class:`nbdeploy.store.Store`) checks it first:
   (one that rewrites data) makes opening refuse, naming ``nbdeploy upgrade --home PATH``, which
   copies the database first (:func:`backup`) and then runs every step due.
 
+A PostgreSQL store records its format in a one-row table, ``nbdeploy_format``, and runs the same
+steps (:data:`MIGRATIONS`: one numbered list for both backends), in one transaction under the
+registry's write lock, so processes opening it at once migrate it once.
+
 The prediction log (``log.db``) belongs to the same format: its tables only ever grow additively,
 migrated when the server opens it (:func:`nbdeploy.store.logfile.prepare`), and a store too new for
 this nbdeploy is refused when the server opens the registry, before the log is opened.
@@ -25,10 +29,11 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nbdeploy._version import __version__
 from nbdeploy.errors import Conflict
-from nbdeploy.store import numbering
+from nbdeploy.store import database, numbering
 from nbdeploy.store.files import private_database, stamped_sibling
 
 FORMAT = 2  # the format this nbdeploy writes, and the newest it reads
@@ -46,7 +51,7 @@ class Migration:
     to: int
     does: str
     automatic: bool
-    run: Callable[[sqlite3.Connection], None]
+    run: Callable[[Any], None]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -55,20 +60,42 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def found(db: sqlite3.Connection) -> int:
-    """The format of the database ``db`` is open on: 0 for an empty file (a store being created)."""
+def found(db: Any) -> int:
+    """The format of the database ``db`` is open on: 0 for an empty one (a store being created)."""
+    if database.is_postgres(db):
+        if db.execute("SELECT to_regclass('nbdeploy_format')").fetchone()[0] is not None:
+            row = db.execute("SELECT MAX(version) FROM nbdeploy_format").fetchone()
+            if row[0]:
+                return int(row[0])
+        return LEGACY if exists(db) else 0
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version:
         return version
-    tables = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone()
-    return LEGACY if tables else 0
+    return LEGACY if exists(db) else 0
 
 
-def check(db: sqlite3.Connection, path: Path) -> int:
+def exists(db: Any) -> bool:
+    """Whether ``db`` holds a store (its ``versions`` table)."""
+    if database.is_postgres(db):
+        return db.execute("SELECT to_regclass('versions')").fetchone()[0] is not None
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone() is not None
+
+
+def stamp(db: Any, version: int) -> None:
+    """Record ``version`` as the store's format (inside the caller's transaction, if any)."""
+    if database.is_postgres(db):
+        db.execute("CREATE TABLE IF NOT EXISTS nbdeploy_format (version INTEGER NOT NULL)")
+        db.execute("DELETE FROM nbdeploy_format")
+        db.execute("INSERT INTO nbdeploy_format (version) VALUES (?)", (version,))
+        return
+    db.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def check(db: Any, shown: str) -> int:
     """The store's format; a newer one than :data:`FORMAT` is refused, naming both."""
     version = found(db)
     if version > FORMAT:
-        raise StoreFormatError(f"the store at {path.parent} has format {version}, made by a newer nbdeploy; this "
+        raise StoreFormatError(f"the store at {shown} has format {version}, made by a newer nbdeploy; this "
                                f"nbdeploy {__version__} reads formats up to {FORMAT}: upgrade nbdeploy "
                                "(pip install -U nbdeploy) to open it")
     return version
@@ -79,24 +106,24 @@ def due(version: int) -> list[Migration]:
     return [m for m in MIGRATIONS if m.to > version]
 
 
-def prepare(db: sqlite3.Connection, path: Path, create: Callable[[], None], *, upgrade: bool = False) -> list[str]:
+def prepare(db: Any, shown: str, create: Callable[[], None], *, upgrade: bool = False) -> list[str]:
     """Check the store's format, create or update its tables (``create``, idempotent), and migrate it.
 
     ``upgrade`` runs every step due, else only automatic ones (a step that is not refuses the store,
     naming the upgrade command). Returns what the steps did. ``db`` is in autocommit mode.
     """
-    version = check(db, path)
+    version = check(db, shown)
     create()  # tables and columns added since (CREATE TABLE IF NOT EXISTS: new tables for an older store)
     if version == FORMAT:
         return []
     if version == 0:  # a new store: nothing to migrate
-        db.execute(f"PRAGMA user_version = {FORMAT}")
+        stamp(db, FORMAT)
         return []
     manual = [m for m in due(version) if not m.automatic]
     if manual and not upgrade:
-        raise StoreFormatError(f"the store at {path.parent} has format {version} and this nbdeploy needs format "
+        raise StoreFormatError(f"the store at {shown} has format {version} and this nbdeploy needs format "
                                f"{FORMAT}, through a step that rewrites stored data and so is not run on open: "
-                               f"run `nbdeploy upgrade --home {path.parent}` (it copies nbdeploy.db first)")
+                               f"run `nbdeploy upgrade --home {shown}` (it copies nbdeploy.db first)")
     db.execute("BEGIN IMMEDIATE")
     try:
         version = found(db)  # another process may have migrated it meanwhile
@@ -104,7 +131,7 @@ def prepare(db: sqlite3.Connection, path: Path, create: Callable[[], None], *, u
         for step in due(version):
             step.run(db)
             done.append(step.does)
-        db.execute(f"PRAGMA user_version = {FORMAT}")  # inside the transaction: committed with the steps
+        stamp(db, FORMAT)  # inside the transaction: committed with the steps
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

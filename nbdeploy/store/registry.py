@@ -1,4 +1,4 @@
-"""The model registry: versions on disk, aliases and serving state in one SQLite database.
+"""The model registry: versions, aliases and serving state, in SQLite (embedded) or PostgreSQL.
 
 Layout under ``home`` (directories 0700, files 0600: see :mod:`nbdeploy.store.files`)::
 
@@ -6,6 +6,12 @@ Layout under ``home`` (directories 0700, files 0600: see :mod:`nbdeploy.store.fi
     models/<name>/<version>/model.onnx
     models/<name>/<version>/model.json
     models/<name>/<version>/...      extra files (held-out rows, the kernel-side estimator)
+
+A PostgreSQL store (``home`` a ``postgresql://`` URL, see :mod:`nbdeploy.store.database`) keeps
+the same tables in the database, and each version's files in its ``files`` table (models are
+small, so a cluster needs only the URL); ``home`` is then this machine's directory, where
+``models/`` is a cache of those files and ``runtime.db`` (SQLite) records what this machine's
+server runs (:data:`RUNTIME_SCHEMA`): machines share versions and aliases, not their processes.
 
 Every file of a version is read back only if its sha256 is the one recorded when it was registered.
 
@@ -15,6 +21,7 @@ that alters what should be served bumps ``generation`` so the server can poll on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import numbers
@@ -26,13 +33,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import InvalidInput, NbdeployError, NotFound, UnknownName, did_you_mean
+from nbdeploy.store import database
 from nbdeploy.store import format as store_format
 from nbdeploy.store.files import private_database, private_dir, write_private
 from nbdeploy.store.numbering import next_version
@@ -43,9 +51,8 @@ CANARY = "canary"  # the version a canary rollout sends a share of live traffic 
 # Matched with fullmatch: ``$`` would also accept a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
-DEFAULT_HOME = ".nbdeploy"  # beside the notebook, like MLflow's ./mlruns
 DB_FILE = "nbdeploy.db"
-URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+RUNTIME_DB = "runtime.db"  # a PostgreSQL store's per-machine tables (RUNTIME_SCHEMA)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -61,19 +68,8 @@ CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
     version INTEGER, at REAL NOT NULL, kind TEXT NOT NULL DEFAULT 'set');
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS server (
-    id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
-    port INTEGER NOT NULL, started_at REAL NOT NULL, applied INTEGER NOT NULL DEFAULT -1, proc_start TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, created_at REAL NOT NULL, summary TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS served (
-    name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
-    at REAL NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS workers (
-    pid INTEGER PRIMARY KEY, applied INTEGER NOT NULL DEFAULT -1, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS worker_served (
-    pid INTEGER NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
-    PRIMARY KEY (pid, name, version));
 CREATE TABLE IF NOT EXISTS canaries (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
     production INTEGER NOT NULL, percent REAL NOT NULL, key TEXT, promote_after INTEGER,
@@ -84,7 +80,27 @@ CREATE TABLE IF NOT EXISTS alerts (
     delivered_at REAL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 CREATE INDEX IF NOT EXISTS alerts_name ON alerts (name, at);
 CREATE TABLE IF NOT EXISTS webhooks (name TEXT PRIMARY KEY, url TEXT NOT NULL, updated_at REAL NOT NULL);
-INSERT OR IGNORE INTO state (key, value) VALUES ('generation', 0);
+INSERT OR IGNORE INTO state (key, value) VALUES ('generation', 0)
+"""
+# What one machine's server runs: in nbdeploy.db for a SQLite store, in runtime.db beside a PostgreSQL one.
+RUNTIME_SCHEMA = """
+CREATE TABLE IF NOT EXISTS server (
+    id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+    port INTEGER NOT NULL, started_at REAL NOT NULL, applied INTEGER NOT NULL DEFAULT -1, proc_start TEXT);
+CREATE TABLE IF NOT EXISTS served (
+    name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
+    at REAL NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS workers (
+    pid INTEGER PRIMARY KEY, applied INTEGER NOT NULL DEFAULT -1, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_served (
+    pid INTEGER NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
+    PRIMARY KEY (pid, name, version))
+"""
+# A PostgreSQL store's version files (a SQLite store keeps them as files under models/).
+FILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT NOT NULL, version INTEGER NOT NULL, filename TEXT NOT NULL, sha256 TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (name, version, filename))
 """
 
 
@@ -97,19 +113,41 @@ class VersionRecord:
     status: str  # registered | refused
     meta: dict[str, Any]
     path: Path
+    # a PostgreSQL store's files come from the database into ``path`` (a cache) when first read
+    fetch: Callable[[str], bytes | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def onnx_path(self) -> Path:
+        self.materialise("model.onnx")
         return self.path / "model.onnx"
 
     def onnx_bytes(self) -> bytes:
         """The model file, refused unless it is the one registered (sha256)."""
         return _checked(self.onnx_path, self.sha256)
 
+    def materialise(self, filename: str | None = None) -> Path:
+        """Bring a PostgreSQL store's file (every file when ``filename`` is None) into ``path``, where
+        it is read from like a SQLite store's (and checked against its sha256 when read)."""
+        if self.fetch is None:
+            return self.path
+        names = [filename] if filename else ["model.onnx", "model.json", *self.meta.get("files", {})]
+        for name in names:
+            target = self.path / name
+            if not target.exists():
+                data = self.fetch(name)
+                if data is not None:
+                    private_dir(self.path)
+                    tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+                    write_private(tmp, data)
+                    os.replace(tmp, target)  # whole or not at all: another reader may be here too
+        return self.path
+
     def file_bytes(self, filename: str) -> bytes | None:
         """An extra file kept with this version (``None`` if it has none), refused unless it is the
         one registered: its sha256 is recorded in the registry when the version is stored."""
         recorded = self.meta.get("files", {}).get(filename)
+        if recorded is not None:
+            self.materialise(filename)
         path = self.path / filename
         if recorded is None:
             if path.exists():
@@ -155,49 +193,75 @@ class Store:
     """One ``NBDEPLOY_HOME``. Safe to share between threads; each thread gets its connection."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, upgrade: bool = False) -> None:
-        """The store at ``home`` (default :func:`default_home`), created if there is none yet;
-        :func:`open_store` opens only an existing one. Its format is checked first and an older store
-        migrated (see :mod:`nbdeploy.store.format`; ``upgrade`` also runs steps not run on open);
-        ``upgraded`` says what the migration did (empty when there was nothing to do)."""
-        self.home = private_dir(store_path(home))
+        """The store at ``home`` (a directory or a PostgreSQL URL; default :func:`default_home`),
+        created if there is none yet; :func:`open_store` opens only an existing one. Its format is
+        checked first and an older store migrated (see :mod:`nbdeploy.store.format`; ``upgrade`` also
+        runs steps not run on open); ``upgraded`` says what the migration did (empty when nothing)."""
+        self.where = database.locate(home)
+        self.location = self.where.text  # what reopens this store, in this process or another
+        self.home = private_dir(self.where.directory)
         private_dir(self.home / "models")
-        self.db_path = private_database(self.home / DB_FILE)
+        self.db_path = private_database(self.home / (RUNTIME_DB if self.where.is_postgres else DB_FILE))
         self._local = threading.local()
-        self.upgraded = store_format.prepare(self._conn(), self.db_path, self._create, upgrade=upgrade)
+        if self.where.is_postgres:
+            self._runtime().executescript(RUNTIME_SCHEMA)
+            self._migrate()
+        self.upgraded = store_format.prepare(self._conn(), self.where.shown, self._create, upgrade=upgrade)
+
+    @property
+    def shown(self) -> str:
+        """The store as messages name it (a URL without its password)."""
+        return self.where.shown
 
     def _create(self) -> None:
-        self._conn().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+        db = self._conn()
+        if database.is_postgres(db):
+            from nbdeploy.store import logfile, postgres
+            with self._tx() as tx:  # several processes may create it at once: one at a time
+                for statement in postgres.ddl(SCHEMA + ";" + FILES_SCHEMA + ";" + logfile.TABLES + ";"
+                                              + logfile.INDEXES):
+                    tx.execute(statement)
+            return
+        db.executescript(SCHEMA + ";" + RUNTIME_SCHEMA)  # idempotent; executescript manages its own transaction
         self._migrate()
 
     def _migrate(self) -> None:
         """Columns added since a store was created (``CREATE TABLE IF NOT EXISTS`` keeps old tables)."""
-        columns = {r[1] for r in self._conn().execute("PRAGMA table_info(server)")}
+        columns = {r[1] for r in self._runtime().execute("PRAGMA table_info(server)")}
         if "proc_start" not in columns:
             with suppress(sqlite3.OperationalError):  # another process added it first
-                self._conn().execute("ALTER TABLE server ADD COLUMN proc_start TEXT")
+                self._runtime().execute("ALTER TABLE server ADD COLUMN proc_start TEXT")
 
     # -- connection -------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> Any:
+        """This thread's connection to the shared tables: SQLite's, or a PostgreSQL session."""
         conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = database.connect(self.where, "registry") or self._runtime()
+            self._local.conn = conn
+        return conn
+
+    def _runtime(self) -> sqlite3.Connection:
+        """This thread's connection to this machine's tables (the server's record, its workers)."""
+        conn = getattr(self._local, "runtime", None)
         if conn is None:
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            self._local.runtime = conn
         return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         """A write transaction taken up front, so read-modify-write cannot interleave."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _transaction(self._conn()) as db:
+            yield db
+
+    @contextmanager
+    def _runtime_tx(self) -> Iterator[sqlite3.Connection]:
+        with _transaction(self._runtime()) as db:
+            yield db
 
     def _bump(self, db: sqlite3.Connection) -> None:
         db.execute("UPDATE state SET value = value + 1 WHERE key = 'generation'")
@@ -228,10 +292,13 @@ class Store:
                 version = next_version(db, name)  # never a number given before, even to a deleted version
                 full_meta = {**meta, "name": name, "version": version, "sha256": sha,
                              "files": {f: hashlib.sha256(c).hexdigest() for f, c in files.items()}}
-                write_private(tmp / "model.onnx", onnx_bytes)
-                write_private(tmp / "model.json", json.dumps(full_meta, indent=2, default=str).encode())
-                for filename, content in files.items():
+                stored = {"model.onnx": onnx_bytes,
+                          "model.json": json.dumps(full_meta, indent=2, default=str).encode(), **files}
+                for filename, content in stored.items():
                     write_private(tmp / filename, content)
+                if database.is_postgres(db):  # the database holds the files; models/ caches them
+                    db.executemany("INSERT INTO files (name, version, filename, sha256, data) VALUES (?,?,?,?,?)",
+                                   [(name, version, f, hashlib.sha256(c).hexdigest(), c) for f, c in stored.items()])
                 final = model_dir / str(version)
                 if final.exists():  # left by a crash before its row was committed
                     shutil.rmtree(final)
@@ -298,9 +365,17 @@ class Store:
             db.execute("UPDATE versions SET status = ? WHERE name = ? AND version = ?", (status, name, version))
             self._bump(db)
 
-    def _record(self, row: sqlite3.Row) -> VersionRecord:
-        return VersionRecord(row["name"], row["version"], row["created_at"], row["sha256"], row["status"],
-                             json.loads(row["meta"]), self.home / "models" / row["name"] / str(row["version"]))
+    def _record(self, row: Any) -> VersionRecord:
+        name, version = row["name"], int(row["version"])
+        fetch = functools.partial(self._file, name, version) if self.where.is_postgres else None
+        return VersionRecord(name, version, row["created_at"], row["sha256"], row["status"],
+                             json.loads(row["meta"]), self.home / "models" / name / str(version), fetch)
+
+    def _file(self, name: str, version: int, filename: str) -> bytes | None:
+        """One stored file of a version from a PostgreSQL store (None if it has no such file)."""
+        row = self._conn().execute("SELECT data FROM files WHERE name = ? AND version = ? AND filename = ?",
+                                   (name, version, filename)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- runs: what `train` measured, before any version exists --------------------------------
     def add_run(self, name: str, summary: dict[str, Any]) -> int:
@@ -392,19 +467,19 @@ class Store:
     def set_server(self, pid: int, host: str, port: int) -> None:
         """Record the server process ``pid`` (alive: it is the caller) with its start time, so a
         later process that is given the same PID is never taken for it."""
-        with self._tx() as db:
+        with self._runtime_tx() as db:
             db.execute("INSERT OR REPLACE INTO server (id, pid, host, port, started_at, applied, proc_start) "
                        "VALUES (1,?,?,?,?,-1,?)", (pid, host, port, time.time(), process_start(pid)))
 
     def server(self) -> ServerRecord | None:
-        row = self._conn().execute("SELECT * FROM server WHERE id = 1").fetchone()
+        row = self._runtime().execute("SELECT * FROM server WHERE id = 1").fetchone()
         if row is None:
             return None
         return ServerRecord(row["pid"], row["host"], row["port"], row["started_at"], row["applied"],
                             row["proc_start"])
 
     def clear_server(self, pid: int) -> None:
-        with self._tx() as db:
+        with self._runtime_tx() as db:
             db.execute("DELETE FROM server WHERE pid = ?", (pid,))
             db.execute("DELETE FROM served")
             db.execute("DELETE FROM workers")
@@ -413,20 +488,20 @@ class Store:
     # -- several worker processes behind one server (``nbdeploy serve --workers N``) ---------
     def add_worker(self, pid: int) -> None:
         """The server's parent announces a worker before it reports, so ``applied`` waits for it too."""
-        with self._tx() as db:
+        with self._runtime_tx() as db:
             db.execute("INSERT OR IGNORE INTO workers (pid, applied, at) VALUES (?, -1, ?)", (pid, time.time()))
             self._aggregate(db)
 
     def remove_worker(self, pid: int) -> None:
         """A worker that exited no longer holds ``applied`` back."""
-        with self._tx() as db:
+        with self._runtime_tx() as db:
             db.execute("DELETE FROM workers WHERE pid = ?", (pid,))
             db.execute("DELETE FROM worker_served WHERE pid = ?", (pid,))
             self._aggregate(db)
 
     def workers(self) -> dict[int, int]:
         """Worker pid -> the generation it last applied (empty for a single-process server)."""
-        return {int(r[0]): int(r[1]) for r in self._conn().execute("SELECT pid, applied FROM workers")}
+        return {int(r[0]): int(r[1]) for r in self._runtime().execute("SELECT pid, applied FROM workers")}
 
     def _aggregate(self, db: sqlite3.Connection) -> None:
         """``served`` and ``server.applied`` as one server seen from outside: a version is ready when
@@ -459,7 +534,7 @@ class Store:
         """
         now = time.time()
         if worker is not None:
-            with self._tx() as db:
+            with self._runtime_tx() as db:
                 db.execute("INSERT INTO workers (pid, applied, at) VALUES (?,?,?) ON CONFLICT(pid) DO UPDATE "
                            "SET applied = excluded.applied, at = excluded.at", (worker, generation, now))
                 db.execute("DELETE FROM worker_served WHERE pid = ?", (worker,))
@@ -467,14 +542,14 @@ class Store:
                                [(worker, n, v, s, e) for (n, v), (s, e) in states.items()])
                 self._aggregate(db)
             return
-        with self._tx() as db:
+        with self._runtime_tx() as db:
             db.execute("DELETE FROM served")
             db.executemany("INSERT INTO served (name, version, state, error, at) VALUES (?,?,?,?,?)",
                            [(n, v, s, e, now) for (n, v), (s, e) in states.items()])
             db.execute("UPDATE server SET applied = ? WHERE id = 1", (generation,))
 
     def served(self) -> dict[tuple[str, int], tuple[str, str | None]]:
-        rows = self._conn().execute("SELECT name, version, state, error FROM served").fetchall()
+        rows = self._runtime().execute("SELECT name, version, state, error FROM served").fetchall()
         return {(r[0], int(r[1])): (r[2], r[3]) for r in rows}
 
 
@@ -531,28 +606,36 @@ def process_start(pid: int) -> str | None:
 
 
 def default_home() -> Path:
-    """The store used when none is named: ``$NBDEPLOY_HOME``, else ``./.nbdeploy``."""
-    configured = os.environ.get("NBDEPLOY_HOME")
-    return _directory(configured, "NBDEPLOY_HOME") if configured else Path(DEFAULT_HOME).resolve()
+    """The directory of the store used when none is named: ``$NBDEPLOY_HOME``, else ``./.nbdeploy``
+    (for a PostgreSQL URL, this machine's directory of that store)."""
+    return database.locate(None).directory
 
 
 def store_path(home: str | os.PathLike[str] | None = None) -> Path:
-    """The directory of the store ``home`` names (default :func:`default_home`)."""
-    return _directory(os.fspath(home), "home") if home else default_home()
-
-
-def _directory(text: str, source: str) -> Path:
-    """A store directory; a URL is refused rather than becoming a relative directory named after it."""
-    url = URL_RE.match(text)
-    if url:  # name only the scheme: a database URL may carry a password
-        raise InvalidInput(f"{source} is a {url.group(0)} URL: stores at a URL (a database backend) are not "
-                           "supported yet; give a directory")
-    return Path(text).expanduser().resolve()
+    """The directory of the store ``home`` names (default :func:`default_home`): the store itself, or
+    this machine's directory of a PostgreSQL store."""
+    return database.locate(home).directory
 
 
 def open_store(home: str | os.PathLike[str] | None = None) -> Store:
     """The existing store at ``home`` (default :func:`default_home`); never creates one."""
-    path = store_path(home)
-    if not (path / DB_FILE).is_file():
-        raise NotFound(f"no nbdeploy store at {path} (pass home=, or set NBDEPLOY_HOME)")
-    return Store(path)
+    where = database.locate(home)
+    if where.is_postgres:
+        if not store_format.exists(database.connect(where, "registry")):
+            raise NotFound(f"no nbdeploy store in {where.shown} (nbdeploy creates one there on the first deploy)")
+        return Store(where.text)
+    if not (where.directory / DB_FILE).is_file():
+        raise NotFound(f"no nbdeploy store at {where.directory} (pass home=, or set NBDEPLOY_HOME)")
+    return Store(where.text)
+
+
+@contextmanager
+def _transaction(conn: Any) -> Iterator[Any]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -44,7 +44,7 @@ def upgrade(home: str | os.PathLike[str] | None = None) -> Upgrade:
     if not db_path.is_file():
         raise NotFound(f"no nbdeploy store at {path} (pass home=, or set NBDEPLOY_HOME)")
     with contextlib.closing(sqlite3.connect(db_path, timeout=30, isolation_level=None)) as db:
-        before = store_format.check(db, db_path)  # a newer store is refused before anything is copied
+        before = store_format.check(db, str(path))  # a newer store is refused before anything is copied
         if before == store_format.FORMAT:
             return Upgrade(path, before, before, None, ())
         copy = store_format.backup(db, db_path, before)

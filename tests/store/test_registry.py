@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import stat
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbdeploy.errors import InvalidInput, NotFound
+from nbdeploy.errors import InvalidInput, NotFound, Unavailable
 from nbdeploy.store import PRODUCTION, IntegrityError, Store, default_home, open_store, process_start
 
 
@@ -131,7 +132,7 @@ def test_open_store_never_creates_one(tmp_path):
     assert open_store(tmp_path / "made").home == tmp_path / "made"
 
 
-@pytest.mark.parametrize("home", ["postgresql://user:secret@db:5432/models", "s3://bucket/models"])
+@pytest.mark.parametrize("home", ["s3://bucket/models", "mysql://user:secret@db/models"])
 def test_a_url_is_refused_not_made_into_a_directory(monkeypatch, tmp_path, home):
     monkeypatch.chdir(tmp_path)
     for attempt in (lambda: Store(home), lambda: open_store(home)):
@@ -142,6 +143,19 @@ def test_a_url_is_refused_not_made_into_a_directory(monkeypatch, tmp_path, home)
     with pytest.raises(InvalidInput, match="NBDEPLOY_HOME is a"):
         Store()
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_a_postgresql_store_out_of_reach_is_named_without_its_password(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for attempt in (lambda: Store(f"postgresql://user:secret@127.0.0.1:{port}/models"),
+                    lambda: open_store(f"postgresql://user:secret@127.0.0.1:{port}/models")):
+        with pytest.raises(Unavailable, match=rf"cannot connect to postgresql://user:\*\*\*@127.0.0.1:{port}/models"
+                           ) as exc:
+            attempt()
+        assert "secret" not in str(exc.value)
 
 
 @pytest.mark.parametrize("name", ["iris\n", "iris\r\n", "\niris", "ir is", "iris/../x", "", "-iris", "x" * 65, "ıris"])
