@@ -8,17 +8,24 @@ drifted, 10 % labelled through ``PredictionLog.feedback``), then times:
   traffic where every refresh sees new predictions (the worst case);
 * ``widget``: :meth:`MonitorWidget.refresh`: snapshot plus chart PNG and HTML.
 
-Median of 5 after one warm-up. Run: ``.venv/bin/python benchmarks/monitor_refresh.py [N]``.
+Median of 5 after one warm-up, on each store backend in turn: SQLite (``log.db`` in a temporary
+directory) and PostgreSQL (a throwaway server started here from the Debian package, as the tests
+do, on loopback). The fill rate is what one worker's log writer commits per second.
+
+Run: ``.venv/bin/python benchmarks/monitor_refresh.py [N] [--backend sqlite|postgresql|both]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_iris
@@ -28,6 +35,8 @@ from nbdeploy.monitor import reference_profile
 from nbdeploy.monitor.live import Monitor
 from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.log import PredictionLog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' throwaway PostgreSQL
 
 RATE = 100.0  # requests per second of simulated time
 BATCH = 10_000
@@ -66,8 +75,43 @@ def fill(home: str, n: int, now: float) -> dict:
     feedback_s = time.perf_counter() - t0
     log.close()
     print(f"filled {n:,} predictions in {write_s:.1f} s ({n / write_s:,.0f} events/s through the writer), "
-          f"{len(labelled):,} labels in {feedback_s:.1f} s; log.db {os.path.getsize(f'{home}/log.db') / 1e6:.0f} MB")
+          f"{len(labelled):,} labels in {feedback_s:.1f} s; log {size_mb(home):.0f} MB")
     return profile
+
+
+def size_mb(home: str) -> float:
+    if "://" not in home:
+        return os.path.getsize(f"{home}/log.db") / 1e6
+    from nbdeploy.store.postgres import Session
+    db = Session(home, "log")
+    return sum(db.execute("SELECT pg_total_relation_size(?)", (t,)).fetchone()[0]
+               for t in ("predictions", "feedback", "rollup", "feature_rollup")) / 1e6
+
+
+@contextlib.contextmanager
+def store(backend: str) -> Iterator[str]:
+    """A fresh store's home on ``backend``: a temporary directory, or a database on a throwaway server."""
+    from nbdeploy.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if backend == "sqlite":
+            yield tmp
+            return
+        import pgserver
+
+        server = pgserver.PostgresServer()
+        if not server.available():
+            raise SystemExit(f"PostgreSQL: {server.reason}")
+        server.start()
+        os.environ["NBDEPLOY_LOCAL_DIR"] = tmp
+        try:
+            url = server.fresh_database()
+            Store(url)  # creates the tables
+            yield url
+        finally:
+            from nbdeploy.store import postgres
+            postgres.close_pools()
+            server.stop()
 
 
 def timed(fn, repeat: int = 5) -> tuple[float, list[float]]:
@@ -80,8 +124,9 @@ def timed(fn, repeat: int = 5) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def main(n: int = 1_000_000) -> None:
-    with tempfile.TemporaryDirectory() as home:
+def main(n: int = 1_000_000, backend: str = "sqlite") -> None:
+    print(f"== {backend}")
+    with store(backend) as home:
         profile = fill(home, n, time.time())
         monitor = Monitor(home, "iris", version=1, task="classification", profile=profile,
                           baseline={"accuracy": 0.95}, classes=[0, 1, 2])
@@ -112,4 +157,8 @@ def main(n: int = 1_000_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    chosen = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "both"
+    args = [a for a in args if a != chosen]
+    for name in (["sqlite", "postgresql"] if chosen == "both" else [chosen]):
+        main(int(args[0]) if args else 1_000_000, name)

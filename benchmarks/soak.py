@@ -15,6 +15,7 @@ Run: ``.venv/bin/python benchmarks/soak.py [SECONDS]`` (default 600); the test s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import random
 import sqlite3
@@ -80,7 +81,14 @@ def dropped_total(client: httpx.Client) -> int:
     raise AssertionError("/metrics has no nbdeploy_log_dropped_total")
 
 
-def make_store(home: Path) -> tuple[Store, Any]:
+def log_db(store: Store) -> Any:
+    """A connection to ``store``'s prediction log: ``log.db``, or the PostgreSQL database."""
+    from nbdeploy.store import database
+
+    return database.connect(store.where, "log") or contextlib.closing(sqlite3.connect(store.home / "log.db"))
+
+
+def make_store(home: Path | str) -> tuple[Store, Any]:
     """A store serving a logistic regression on iris (converted as deploy() does, without its gate)."""
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
@@ -179,7 +187,7 @@ class Soak:
     def reader(self) -> None:
         from nbdeploy.monitor.live import Monitor
 
-        monitor = Monitor(self.store.home, MODEL, store=self.store)
+        monitor = Monitor(self.store.location, MODEL, store=self.store)
         with httpx.Client(base_url=self.url, timeout=30) as http:
             while not self.stop.wait(1.0):
                 try:
@@ -218,7 +226,8 @@ class Soak:
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=30) as http:
             while True:
-                with sqlite3.connect(self.store.home / "log.db") as db:
+                db = log_db(self.store)
+                with db if isinstance(db, contextlib.closing) else contextlib.nullcontext(db) as db:
                     f.logged_requests = db.execute("SELECT COALESCE(SUM(requests), 0) FROM rollup WHERE model = ?",
                                                    (MODEL,)).fetchone()[0]
                     f.logged_rows = db.execute("SELECT COUNT(*) FROM predictions WHERE model = ?",
@@ -232,10 +241,11 @@ class Soak:
             f.rss_end_mb = rss_mb(self.pid)
 
 
-def run(seconds: float, home: Path | None = None, swap_every: float = 3.0) -> Figures:
-    """A soak of ``seconds`` against a fresh store in ``home`` (a temporary directory by default)."""
+def run(seconds: float, home: Path | str | None = None, swap_every: float = 3.0) -> Figures:
+    """A soak of ``seconds`` against a fresh store at ``home`` (a directory or a PostgreSQL URL; a
+    temporary directory by default)."""
     with tempfile.TemporaryDirectory() as tmp:
-        store, X = make_store(Path(home or tmp))
+        store, X = make_store(home or tmp)
         record = process.ensure_server(store)
         try:
             return Soak(store, X, record.url, record.pid, swap_every).run(seconds)

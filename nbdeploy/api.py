@@ -69,7 +69,7 @@ def deploy(model: Any, sample: Any, name: str, *, test: Any = None, home: str | 
     _check_loaded(store, name, candidate.version)
     done = time.perf_counter()
     timings = {"convert_s": converted_at - started, "serve_s": done - converted_at, "total_s": done - started}
-    return Deployment(name=name, home=str(store.home), fidelity=candidate.fidelity, timings=timings,
+    return Deployment(name=name, home=store.location, fidelity=candidate.fidelity, timings=timings,
                       gate=candidate.decision)
 
 
@@ -99,14 +99,14 @@ def _catch_up(store: Store, *, start: bool = False, port: int | None = None) -> 
 def deployments(home: str | None = None) -> list[Deployment]:
     """The models this store serves (also from a new kernel: the server keeps running)."""
     store = open_store(home)
-    return [Deployment(name=name, home=str(store.home)) for name in store.serving_models()]
+    return [Deployment(name=name, home=store.location) for name in store.serving_models()]
 
 
 def get(name: str, home: str | None = None) -> Deployment:
     """The handle of a stored model (served or not)."""
     store = open_store(home)
     store.require_model(name)
-    return Deployment(name=name, home=str(store.home))
+    return Deployment(name=name, home=store.location)
 
 
 def stop(name: str, home: str | None = None) -> None:
@@ -151,12 +151,12 @@ def _remove(store: Store, plans: list[Removal]) -> list[Removal]:
     done = []
     for plan in plans:
         if plan.stops_serving and plan.name in store.serving_models():
-            Deployment(name=plan.name, home=str(store.home)).stop()  # the server lets it go before its files do
+            Deployment(name=plan.name, home=store.location).stop()  # the server lets it go before its files do
         done.append(removal.remove(store, plan))
     if process.running_server(store):
         process.wait_applied(store, store.generation())
         # answers given just before the server let go of a version may still sit in its log writer's queue
-        done = [removal.sweep_log(store.home, plan) for plan in done]
+        done = [removal.sweep_log(store.location, plan) for plan in done]
     return done
 
 
@@ -171,7 +171,7 @@ def serve(name: str, *, home: str | None = None, port: int | None = None) -> Dep
     store = open_store(home)
     store.require_model(name)
     _check_port(store, port)
-    return Deployment(name=name, home=str(store.home)).serve(port)
+    return Deployment(name=name, home=store.location).serve(port)
 
 
 def train(estimator: Any, X: Any, y: Any, name: str, *, test_size: float = 0.2, stratify: bool = False,
@@ -217,7 +217,7 @@ def promote(name: str, version: int, alias: str = PRODUCTION, *, min_score: floa
     if alias == PRODUCTION:
         store.set_serving(name, True)
     _catch_up(store, start=alias == PRODUCTION)
-    return Deployment(name=name, home=str(store.home), gate=decision)
+    return Deployment(name=name, home=store.location, gate=decision)
 
 
 def retrain(name: str, *, data: tuple[Any, Any] | None = None, with_feedback: bool = False,
@@ -257,7 +257,7 @@ def shadow(name: str, version: int | None, *, home: str | None = None) -> Deploy
         store.version(name, int(version))
         store.set_alias(name, SHADOW, int(version))
     _catch_up(store)
-    return Deployment(name=name, home=str(store.home))
+    return Deployment(name=name, home=store.location)
 
 
 def canary(name: str, version: int | str | None = None, *, percent: float = 10.0, key: str | None = None,
@@ -304,7 +304,7 @@ def canary(name: str, version: int | str | None = None, *, percent: float = 10.0
             end_canary(store, name, ABORTED, f"the server could not serve it: {exc.message}")
             _catch_up(store)
             raise
-    with LogReader(store.home) as reader:
+    with LogReader(store.location) as reader:
         return canary_snapshot(store, reader, name)
 
 
@@ -315,7 +315,7 @@ def rollback(name: str, *, alias: str = PRODUCTION, home: str | None = None) -> 
     store = Store(home)
     _rollback(store, name, alias)
     _catch_up(store)
-    return Deployment(name=name, home=str(store.home))
+    return Deployment(name=name, home=store.location)
 
 
 def models(home: str | None = None) -> RegistryTable:
@@ -378,7 +378,7 @@ def report(name: str, to: str | os.PathLike[str] | None = None, *, since: Any = 
     from nbdeploy.store.reader import LogReader
 
     store = open_store(home)
-    with LogReader(store.home) as log:
+    with LogReader(store.location) as log:
         page = render(history(store, name, log, since=since))
     if to is None:
         return page
@@ -429,7 +429,7 @@ def panel(home: str | None = None, *, interval: float = 5.0, inline: bool = Fals
     if not interval > 0:
         raise InvalidInput(f"interval must be a positive number of seconds, got {interval}")
     store = open_store(home)
-    path = str(store.home)
+    path = store.location  # what reopens the store (a URL keeps its password: never shown)
     overview = Overview(store)
     cache: dict[str, Any] = {}
 

@@ -9,13 +9,17 @@ from pathlib import Path
 
 from nbdeploy.errors import NbdeployError
 
+STORE_HELP = "the store: a directory, or a PostgreSQL URL (postgresql://user@host/database)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbdeploy", description="Serve and manage nbdeploy models.")
-    parser.add_argument("--home", help="store directory (default: $NBDEPLOY_HOME or ./.nbdeploy)")
+    parser.add_argument("--home", help=f"{STORE_HELP} (default: $NBDEPLOY_HOME or ./.nbdeploy)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the inference server for a store (foreground)")
-    serve.add_argument("--home", dest="sub_home", help="store directory")
+    serve.add_argument("--home", dest="sub_home", metavar="HOME",
+                       help=f"{STORE_HELP}; servers on several machines given one PostgreSQL URL share its models, "
+                            "predictions and feedback")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; any other address requires the token)")
     serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
@@ -35,14 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("list", "every model in the store: versions and their states, aliases, status, endpoint"),
                        ("shutdown", "stop the store's server process")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--home", dest="sub_home", help="store directory")
+        cmd.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
     stop = sub.add_parser("stop", help="stop serving a model (the server exits when it serves nothing)")
     stop.add_argument("name")
-    stop.add_argument("--home", dest="sub_home", help="store directory")
+    stop.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
     logs = sub.add_parser("logs", help="the server's log lines about a model")
     logs.add_argument("name")
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many of the last lines (default 50)")
-    logs.add_argument("--home", dest="sub_home", help="store directory")
+    logs.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
     delete = sub.add_parser("delete", help="delete a version, an alias, or (with neither) a whole model, with its "
                                            "files and logged predictions")
     delete.add_argument("name")
@@ -50,16 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--alias", help="remove this alias only")
     delete.add_argument("--force", action="store_true",
                         help="also delete what an alias points at, removing the alias (production: stops serving)")
-    delete.add_argument("--home", dest="sub_home", help="store directory")
+    delete.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
     prune = sub.add_parser("prune", help="delete all but the newest N versions of each model (or one), keeping "
                                          "every version an alias points at")
     prune.add_argument("name", nargs="?", help="only this model (default: every model)")
     prune.add_argument("--keep", type=int, required=True, metavar="N", help="newest versions to keep per model")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
-    prune.add_argument("--home", dest="sub_home", help="store directory")
+    prune.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
     upgrade = sub.add_parser("upgrade", help="bring a store made by an older nbdeploy to this one's format "
                                              "(a copy of its database is kept first)")
-    upgrade.add_argument("--home", dest="sub_home", help="store directory")
+    upgrade.add_argument("--home", dest="sub_home", metavar="HOME", help=STORE_HELP)
+    store = sub.add_parser("store", help="work on whole stores")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    copy = store_sub.add_parser("copy", help="copy a whole store into a new, empty one (SQLite or PostgreSQL, "
+                                             "either way), verified; see docs/store-copy.md")
+    copy.add_argument("src", help="the store to copy: a directory or a PostgreSQL URL")
+    copy.add_argument("dst", help="the empty store to copy into (created if missing)")
     return parser
 
 
@@ -88,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(map(str, removed)) or "nothing to prune")
         elif args.command == "upgrade":
             print(api.upgrade(home))
+        elif args.command == "store" and args.store_command == "copy":
+            from nbdeploy.store.copying import copy_store
+
+            print(copy_store(args.src, args.dst))
     except NbdeployError as exc:
         print(f"nbdeploy: {exc.message}", file=sys.stderr)
         return 2
@@ -111,7 +125,7 @@ def _logs(name: str, home: str | None, lines: int) -> int:
 
     store = open_store(home)  # reading logs never creates a store
     store.require_model(name)
-    path = Path(store.home) / "server.log"
+    path = Path(store.home) / "server.log"  # this machine's server's log (a PostgreSQL store's local directory)
     if not path.exists():
         print(f"no server log yet in {path}")
         return 0

@@ -213,7 +213,7 @@ class Deployment:
         store = self._store
         store.require_model(self.name)
         timeline = Timeline(store, self.name, since=since, window=window)
-        return monitor_widget(Monitor(store.home, self.name, store=store, timeline=timeline, **options),
+        return monitor_widget(Monitor(store.location, self.name, store=store, timeline=timeline, **options),
                               interval=interval, sidecar=sidecar)
 
     def health(self) -> dict[str, Any]:
@@ -222,7 +222,7 @@ class Deployment:
         from nbdeploy.monitor.live import Monitor
 
         store = self._store
-        snap = Monitor(store.home, self.name, store=store).snapshot()
+        snap = Monitor(store.location, self.name, store=store).snapshot()
         if snap.get("estimated") is not None:
             snap["estimated"] = {k: v for k, v in snap["estimated"].items() if k != "series"}
         return snap

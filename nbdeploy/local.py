@@ -26,7 +26,6 @@ import os
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -135,7 +134,7 @@ class OnnxPredictor:
                 f"inputs=[{shown}], outputs={self.outputs}{logged})")
 
 
-_LOGS: dict[Path, Any] = {}  # one prediction log (and writer thread) per store home in this process
+_LOGS: dict[str, Any] = {}  # one prediction log (and writer thread) per store (its location) in this process
 _LOGS_LOCK = threading.Lock()
 
 
@@ -172,9 +171,9 @@ def prediction_log(store: Store) -> Any:
         raise NbdeployError(f"log=True needs the prediction log (nbdeploy.store.log), which this installation "
                             f"cannot import ({exc}); load without log=True", 501) from None
     with _LOGS_LOCK:
-        sink = _LOGS.get(store.home)
+        sink = _LOGS.get(store.location)
         if sink is None:
-            sink = _LOGS[store.home] = PredictionLog(store.home, profiles=registry_profiles(store))
+            sink = _LOGS[store.location] = PredictionLog(store.location, profiles=registry_profiles(store))
         return sink
 
 

@@ -222,7 +222,8 @@ def help_text(command: str | None = None) -> str:
         for parser in PARSERS.values():
             lines += [f"  {_usage(parser, short=True)}", f"      {parser.description}"]
         lines += ["", "%deploy COMMAND --help shows every option of a command. Set defaults once per session",
-                  "with %config DeployMagics.port = 9000 and %config DeployMagics.home = '/path/to/store'."]
+                  "with %config DeployMagics.port = 9000 and %config DeployMagics.home = '/path/to/store'",
+                  "(or a PostgreSQL URL, postgresql://user@host/database)."]
         return "\n".join(lines)
     parser = PARSERS[command]
     rows = _arguments(parser)
@@ -252,7 +253,8 @@ class DeployMagics(Magics):
     """The ``%deploy`` line magic. ``%config DeployMagics.port = 9000`` sets a default port."""
 
     port = Int(0, help="Port for a newly started server; 0 picks a free one.").tag(config=True)
-    home = Unicode("", help="Store directory (default: $NBDEPLOY_HOME or ./.nbdeploy).").tag(config=True)
+    home = Unicode("", help="The store: a directory, or a PostgreSQL URL (postgresql://user@host/database) "
+                            "(default: $NBDEPLOY_HOME or ./.nbdeploy).").tag(config=True)
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)

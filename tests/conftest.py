@@ -78,6 +78,23 @@ def postgres() -> Iterator[pgserver.PostgresServer]:
 
 
 @pytest.fixture
-def postgres_url(postgres: pgserver.PostgresServer) -> str:
-    """The URL of a new empty database on the session's PostgreSQL server."""
-    return postgres.fresh_database()
+def postgres_url(postgres: pgserver.PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on the session's PostgreSQL server; this process's pool of
+    connections to it is closed after the test (each test has its own database: pools would add up)."""
+    yield postgres.fresh_database()
+    from nbdeploy.store import postgres as backend
+
+    if backend.available():
+        backend.close_pools()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_home(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A new store's ``home`` on each backend: a directory (SQLite), then a fresh PostgreSQL database
+    (this machine's files for it in ``tmp_path/local``, also for the server processes a test starts)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
+    return url
+

@@ -163,8 +163,8 @@ def test_no_store_is_not_created(tmp_path):
 
 def test_a_url_is_not_taken_for_a_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InvalidInput, match="home is a postgresql:// URL") as exc:
-        nbdeploy.load("iris", home="postgresql://user:secret@db/models")
+    with pytest.raises(InvalidInput, match="home is a mysql:// URL") as exc:
+        nbdeploy.load("iris", home="mysql://user:secret@db/models")
     assert "secret" not in str(exc.value)  # a database URL may carry a password
     assert list(tmp_path.iterdir()) == []
 

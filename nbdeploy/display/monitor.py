@@ -231,7 +231,7 @@ class MonitorWidget(Refreshing, widgets.VBox):
         if self._panel is not None:
             self._panel.close()
         close_widgets(self._header, self._chart, self._table, self._button, self)
-        _LIVE.pop((str(self.monitor.path), self.monitor.model), None)
+        _LIVE.pop((self.monitor.location, self.monitor.model), None)
 
     def freeze(self) -> None:
         """Fix the static view of the displays not yet frozen at the current state; the live view goes on."""
@@ -313,7 +313,7 @@ class MonitorWidget(Refreshing, widgets.VBox):
 
 def monitor_widget(monitor: Monitor, *, interval: float = 3.0, sidecar: bool = False) -> MonitorWidget:
     """A started live view of ``monitor``; it replaces this kernel's earlier live view of the same model."""
-    key = (str(monitor.path), monitor.model)
+    key = (monitor.location, monitor.model)  # the store and the model
     if key in _LIVE:
         _LIVE[key].stop()
     widget = MonitorWidget(monitor, interval=interval)

@@ -51,7 +51,7 @@ class RetrainResult:
 
 def labelled_traffic(store: Store, name: str, signature: Signature) -> tuple[Any, np.ndarray, np.ndarray]:
     """Inputs, true labels and prediction times of every logged prediction of ``name`` with feedback."""
-    with LogReader(store.home) as reader:
+    with LogReader(store.location) as reader:
         rows = reader.labelled_traffic(name)
     labels = np.asarray([r.label for r in rows])
     times = np.asarray([r.ts for r in rows], dtype=float)

@@ -30,6 +30,7 @@ from nbdeploy.monitor.drift import DriftThresholds, feature_drift
 from nbdeploy.monitor.estimate import estimated_quality
 from nbdeploy.monitor.metrics import percentile_ms  # one home: the canary's arms use it too
 from nbdeploy.monitor.quality import classification_quality, label_delay, regression_quality
+from nbdeploy.store import database
 from nbdeploy.store.batch import BUCKET_SECONDS
 from nbdeploy.store.labels import label_key, label_keys
 from nbdeploy.store.reader import LabelledPredictions, LogReader, Rollups
@@ -47,7 +48,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 class Monitor:
-    """Snapshots of ``model`` from the log in ``home`` (``home/log.db``); safe to call from any thread."""
+    """Snapshots of ``model`` from the log of the store at ``home`` (its location: a directory, whose
+    ``log.db`` holds the log, or a PostgreSQL URL); safe to call from any thread."""
 
     def __init__(self, home: str | Path, model: str, *, version: int | None = None, task: str | None = None,
                  baseline: dict | None = None, profile: dict | None = None, classes: list | None = None,
@@ -60,6 +62,9 @@ class Monitor:
         self.log = LogReader(home)
         self.timeline = timeline  # when given, snapshots carry the model's events and series (``timeline``)
         self.path = self.log.path
+        # which store this monitors (a kernel keeps one live view per store and model): its location
+        # text, the same for every handle on it whether it is a directory or a URL
+        self.location = database.locate(home).text
         self.model, self.store, self.on_alert = model, store, on_alert
         self._given = {"version": version, "task": task, "baseline": baseline, "profile": profile, "classes": classes}
         self.thresholds, self.drift_thresholds = thresholds, drift_thresholds

@@ -10,7 +10,6 @@ canary (it has a ``canary`` alias) adds the canary's own figures, read as the se
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ class Overview:
 
     def __init__(self, store: Store, *, window: float = 3600.0, step: float = 60.0) -> None:
         self.store, self.window, self.step = store, float(window), float(step)
-        self.log = LogReader(Path(store.home))
+        self.log = LogReader(store.location)
         self._latest: dict[str, dict[str, Any]] = {}  # model -> its latest alert
         self._last_id = 0
         self._last_at: float | None = None

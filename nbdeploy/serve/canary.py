@@ -188,7 +188,7 @@ class CanaryGuard:
             if self._reader is None:
                 from nbdeploy.store.reader import LogReader
 
-                self._reader = LogReader(self.store.home)
+                self._reader = LogReader(self.store.location)
             return log_arms(self._reader, canary, lambda v: self._meta(canary.name, v))
         return {"production": self._counted(canary, canary.production), "canary": self._counted(canary, canary.version)}
 

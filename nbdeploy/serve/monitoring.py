@@ -130,7 +130,7 @@ class ServerMonitors:
         for name in names:
             monitor = self._monitors.get(name)
             if monitor is None:
-                monitor = self._monitors[name] = Monitor(self.store.home, name, store=self.store, **self.options)
+                monitor = self._monitors[name] = Monitor(self.store.location, name, store=self.store, **self.options)
             try:
                 snapshots.append(monitor.snapshot())
             except Exception:  # one model's monitor must not take /metrics down

@@ -120,9 +120,20 @@ def running_server(store: Store) -> ServerRecord | None:
     return record if record is not None and _live(record) else None
 
 
+def store_arguments(store: Store) -> tuple[list[str], dict[str, str]]:
+    """How a child process is told which store to open: the arguments and the environment variables to
+    add. ``--home`` and the store's location, unless the location holds a password (a PostgreSQL URL):
+    a process's arguments are visible to every user of the machine, its environment to its owner only,
+    so the URL then goes in ``NBDEPLOY_HOME``, which a store is opened from when no ``--home`` is given."""
+    if store.location == store.shown:
+        return ["--home", store.location], {}
+    return [], {"NBDEPLOY_HOME": store.location}
+
+
 @contextlib.contextmanager
 def _start_lock(store: Store) -> Iterator[None]:
-    """Two kernels deploying at once must not start two servers for one store."""
+    """Two kernels deploying at once must not start two servers for one store (on this machine: the lock
+    and the server's record live in the store's local directory)."""
     with open(private_file(store.home / "server.lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -137,11 +148,13 @@ def ensure_server(store: Store, port: int | None = None, timeout: float = START_
         record = running_server(store)
         if record is not None:
             return record
-        log_path = store.home / "server.log"
-        cmd = [sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", str(port or 0)]
+        log_path = store.home / "server.log"  # this machine's (a PostgreSQL store's local directory)
+        where, env = store_arguments(store)
+        cmd = [sys.executable, "-m", "nbdeploy.cli", "serve", *where, "--port", str(port or 0)]
         with open(private_file(log_path), "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, umask=SERVER_UMASK)
+                                    env={**os.environ, **env}, start_new_session=True, close_fds=True,
+                                    umask=SERVER_UMASK)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -2,8 +2,9 @@
 
 Each Ray replica builds the ordinary app (:func:`nbdeploy.serve.app.create_app`: sessions, batching,
 validation, the V2 routes, the guard) over the store at ``home`` and hands it to Ray through
-``@serve.ingress``. The store must be readable at the same path on every node (a shared volume)
-or be a bundle copied there (``%deploy export NAME --to ray DIR``).
+``@serve.ingress``. The store must be readable at the same path on every node (a shared volume),
+be a bundle copied there (``%deploy export NAME --to ray DIR``), or be a PostgreSQL URL every node
+reaches (then every replica logs its predictions and takes feedback in that one database).
 
 What a replica serves is set by the deployment's ``user_config``, not by polling the store, so an
 update is a Ray *lightweight update*: ``reconfigure()`` runs on every replica, which loads and warms
@@ -145,9 +146,14 @@ def _proxy_host() -> str | None:
 
 
 def replica_app(home: str, config: dict[str, Any] | None = None, require_token: bool | None = None,
-                allow_hosts: list[str] | tuple[str, ...] = (), prediction_log: bool = False) -> tuple[PinnedStore, Any]:
+                allow_hosts: list[str] | tuple[str, ...] = (),
+                prediction_log: bool | None = None) -> tuple[PinnedStore, Any]:
     """What one replica serves: the plain server's app over a :class:`PinnedStore` of ``home``,
-    behind the token :func:`replica_token` decides for where Ray's proxy listens."""
+    behind the token :func:`replica_token` decides for where Ray's proxy listens.
+
+    ``prediction_log`` (default: on for a PostgreSQL store, off for a directory): every replica, on
+    every node, logs into a PostgreSQL store's one database; replicas on several nodes cannot share a
+    SQLite ``log.db`` unless it sits on a shared volume, and SQLite over a network file system is fragile."""
     from nbdeploy.serve.app import create_app
     from nbdeploy.serve.security import LOOPBACK_HOSTS
     from nbdeploy.serve.server import make_sink
@@ -157,6 +163,8 @@ def replica_app(home: str, config: dict[str, Any] | None = None, require_token: 
     view = PinnedStore(store)
     token = replica_token(store, require_token, _proxy_host())
     hosts = frozenset(LOOPBACK_HOSTS | {h.lower() for h in allow_hosts})
+    if prediction_log is None:
+        prediction_log = store.where.is_postgres
     sink = make_sink(store) if prediction_log else NullSink()
     app = create_app(view, config=ServeConfig(**(config or {})), sink=sink,  # type: ignore[arg-type]
                      token=token, hosts=hosts, poll_seconds=1.0)
@@ -196,11 +204,12 @@ def app_builder(args: dict[str, Any]) -> Any:
     """The import path for ``serve run``/``serve deploy``: ``args`` has ``home`` (the store or bundle
     on every node) and optionally ``config`` (ServeConfig fields), ``require_token`` (on by itself
     unless the proxy listens on loopback; see :func:`replica_token`), ``allow_hosts``
-    (Host names clients use besides loopback) and ``prediction_log``."""
+    (Host names clients use besides loopback) and ``prediction_log`` (see :func:`replica_app`)."""
     args = dict(args)
     home = args.pop("home", None)
     if not home:
-        raise InvalidInput("the Ray app needs args.home: the nbdeploy store or bundle path on every node")
+        raise InvalidInput("the Ray app needs args.home: the nbdeploy store (its path or PostgreSQL URL) or bundle "
+                           "path on every node")
     allowed = {"config", "require_token", "allow_hosts", "prediction_log"}
     if set(args) - allowed:
         raise InvalidInput(f"unknown Ray app args {sorted(set(args) - allowed)}; "
@@ -252,7 +261,7 @@ def serve_on_ray(home: str | os.PathLike[str] | None = None, *, replicas: int = 
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options=HTTPOptions(host=host, port=port),
                 logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
-    config = application_config(store.home, replicas=replicas, autoscale=autoscale, name=name,
+    config = application_config(store.location, replicas=replicas, autoscale=autoscale, name=name,
                                 user_config={"generation": store.generation()}, **args)
     _deploy(config)
     shown = f"[{host}]" if ":" in host else host

@@ -36,6 +36,7 @@ from typing import Any
 from nbdeploy.errors import InvalidInput
 from nbdeploy.serve.config import ServeConfig
 from nbdeploy.serve.connections import connection_settings
+from nbdeploy.serve.process import store_arguments
 from nbdeploy.serve.security import allowed_hosts, is_loopback, load_or_create_token
 from nbdeploy.serve.urls import browser_hosts  # behind jupyter-server-proxy the browser's Host is a hub's name
 from nbdeploy.store import Store
@@ -47,12 +48,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def make_sink(store: Store) -> EventSink:
-    """The store's prediction log (``log.db``), or a NullSink when ``NBDEPLOY_PREDICTION_LOG=off``."""
+    """The store's prediction log (``log.db``, or the PostgreSQL store's tables), or a NullSink when
+    ``NBDEPLOY_PREDICTION_LOG=off``."""
     if os.environ.get("NBDEPLOY_PREDICTION_LOG", "on").lower() in ("0", "off", "false", "no"):
         return NullSink()
     from nbdeploy.store.log import PredictionLog, registry_profiles
 
-    return PredictionLog(store.home, profiles=registry_profiles(store))
+    return PredictionLog(store.location, profiles=registry_profiles(store))
 
 
 def _logging(store: Store, level: str) -> None:
@@ -98,7 +100,7 @@ def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, 
     bound_port = sock.getsockname()[1]
     record_host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else ("::1" if host == "::" else host)
     store.set_server(os.getpid(), record_host, bound_port)
-    log.info("serving %s on %s:%s%s", store.home, host, bound_port,
+    log.info("serving %s on %s:%s%s", store.shown, host, bound_port,
              f" with {config.workers} workers" if config.workers > 1 else "")
     try:
         if config.workers > 1:
@@ -172,11 +174,12 @@ def supervise(store: Store, sock: socket.socket, config: ServeConfig, *, host: s
     """Run ``config.workers`` workers on ``sock`` until a signal stops them; returns the exit code."""
     fd = sock.fileno()
     os.set_inheritable(fd, True)
-    cmd = [sys.executable, "-m", "nbdeploy.serve.server", "--fd", str(fd), "--home", str(store.home),
+    where, store_env = store_arguments(store)
+    cmd = [sys.executable, "-m", "nbdeploy.serve.server", "--fd", str(fd), *where,
            "--host", host, "--log-level", log_level, "--parent", str(os.getpid())]
     for name in allow_hosts:
         cmd += ["--allow-host", name]
-    env = {**os.environ, **config_env(config)}
+    env = {**os.environ, **config_env(config), **store_env}
     procs: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     state = {"signals": 0}
 
@@ -238,7 +241,8 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nbdeploy-worker")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--home", required=True)
+    parser.add_argument("--home", help="the store's location (default: $NBDEPLOY_HOME, where a URL with a "
+                                       "password is given)")
     parser.add_argument("--host", required=True)
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--parent", type=int, required=True)

@@ -108,9 +108,9 @@ def mark_delivery(store: Store, alert_id: int | Iterable[int], *, delivered: boo
     """Record one delivery attempt of an alert, or of several sent together (successful or not)."""
     ids = [alert_id] if isinstance(alert_id, int) else list(alert_id)
     now = time.time()
-    with store._tx() as db:
+    with store._tx() as db:  # ``? = 1``: PostgreSQL's CASE WHEN takes a boolean, not a number
         db.executemany("UPDATE alerts SET attempts = attempts + 1, last_error = ?, "
-                       "delivered_at = CASE WHEN ? THEN ? ELSE delivered_at END WHERE id = ?",
+                       "delivered_at = CASE WHEN ? = 1 THEN ? ELSE delivered_at END WHERE id = ?",
                        [(None if delivered else error, int(delivered), now, i) for i in ids])
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,11 +28,12 @@ if TYPE_CHECKING:  # the reader imports this module's neighbours; only its types
 MAX_ITEMS = 100_000
 MAX_ID_CHARS = 256  # request ids, prediction ids and text labels alike
 MAX_LABEL_CHARS = 256
+# ``rollup.<column>``: the row already there, named by its table (a bare name is ambiguous on PostgreSQL)
 _ROLLUP_ADD = """
 INSERT INTO rollup (model, version, bucket, labelled, correct, err_n, abs_err, sq_err) VALUES (?,?,?,?,?,?,?,?)
-ON CONFLICT (model, version, bucket) DO UPDATE SET labelled = labelled + excluded.labelled,
-correct = correct + excluded.correct, err_n = err_n + excluded.err_n, abs_err = abs_err + excluded.abs_err,
-sq_err = sq_err + excluded.sq_err"""
+ON CONFLICT (model, version, bucket) DO UPDATE SET labelled = rollup.labelled + excluded.labelled,
+correct = rollup.correct + excluded.correct, err_n = rollup.err_n + excluded.err_n,
+abs_err = rollup.abs_err + excluded.abs_err, sq_err = rollup.sq_err + excluded.sq_err"""
 
 
 def label_key(value: Any) -> str | None:
@@ -194,7 +194,7 @@ def _not_recordable(ident: str, model: str, pred: LoggedPrediction) -> Problem |
     return None
 
 
-def record(db: sqlite3.Connection, model: str, parsed: list[tuple[int, str, Any]], errors: list[dict[str, Any]],
+def record(db: Any, model: str, parsed: list[tuple[int, str, Any]], errors: list[dict[str, Any]],
            targets: Mapping[str, Target | Problem], existing: dict[str, Any], bucket_seconds: int) -> dict[str, Any]:
     """Write labels and their rollup contributions in the caller's transaction on ``db``.
 

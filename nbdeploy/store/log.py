@@ -1,6 +1,8 @@
-"""The prediction and feedback log: ``log.db`` beside the registry, SQLite in WAL mode.
+"""The prediction and feedback log: ``log.db`` beside the registry, SQLite in WAL mode, or the
+tables of the store's PostgreSQL database.
 
-A separate database file, so heavy logging never contends with the registry's writes. The log is
+A separate database file, so heavy logging never contends with the registry's writes (on
+PostgreSQL the log's writers take a lock of their own, not the registry's). The log is
 optional to the server: a file SQLite cannot read is set aside and a fresh one started (see
 :mod:`nbdeploy.store.logfile`), and if even that fails the server serves without a log, counting
 every prediction as dropped. :meth:`PredictionLog.health` says which.
@@ -24,9 +26,15 @@ Feedback addresses predictions by key, or by a client id that names exactly one 
 error and no label.
 
 Feedback (:meth:`PredictionLog.feedback`) is synchronous: it commits on a ``synchronous=FULL``
-connection before it returns, so an acknowledged label survives a crash. It is idempotent by key;
+connection (on PostgreSQL, a committed transaction) before it returns, so an acknowledged label
+survives a crash. It is idempotent by key;
 a different label for a labelled prediction replaces it (last write wins, counted in ``updated``).
-A database locked for longer than ``feedback_timeout_s`` answers 503 with ``Retry-After``.
+A database locked for longer than ``feedback_timeout_s`` (or a PostgreSQL server out of reach)
+answers 503 with ``Retry-After``.
+
+Several server processes, on one machine or on several sharing a PostgreSQL store, each run a
+:class:`PredictionLog` on the same tables: their writers take turns (the file's write lock, or the
+log's advisory lock), so rollups add up exactly.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import InvalidInput, Unavailable
-from nbdeploy.store import labels, logfile, writes
+from nbdeploy.store import database, labels, logfile, writes
 from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS, N_LATENCY, row_ids
 from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
@@ -63,7 +71,8 @@ class LogSettings:
     max_rows: int = 5_000_000
     """Most prediction rows kept, the oldest pruned first; 0: no limit."""
     max_bytes: int = 0
-    """Most bytes of data the file holds, the oldest rows pruned first; 0: no limit."""
+    """Most bytes of data the file holds, the oldest rows pruned first; 0: no limit. On PostgreSQL:
+    as many of the newest rows as fit, at the size of the newest rows (see :mod:`nbdeploy.store.retention`)."""
     rollup_max_age_days: float = 400.0
     """The monitor's per-10-second counts older than this are pruned; 0 keeps them."""
     max_queue_rows: int = 1_000_000
@@ -96,7 +105,9 @@ class LogUnavailable(Unavailable):
 
 
 class PredictionLog:
-    """The log of one store home. Also the server's ``EventSink``: ``put`` and ``dropped``.
+    """The log of one store: ``home`` is its location (a directory, whose ``log.db`` holds the log, or
+    a PostgreSQL URL whose store was created by :class:`~nbdeploy.store.registry.Store`). Also the
+    server's ``EventSink``: ``put`` and ``dropped``.
 
     ``profiles(model, version)`` returns a version's reference profile (or None), for the
     per-feature out-of-range/unseen counts; see :func:`registry_profiles`. With ``start=False``
@@ -107,10 +118,12 @@ class PredictionLog:
     def __init__(self, home: str | Path, *, profiles: Profiles | None = None, max_queue: int = 50_000,
                  batch_rows: int = 10_000, interval: float = 0.05, start: bool = True,
                  settings: LogSettings | None = None) -> None:
-        self.path = Path(home) / LOG_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.location = database.locate(home)
+        self.path = self.location.directory / LOG_FILE  # on PostgreSQL only a name: messages show the URL
+        if not self.location.is_postgres:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         settings = settings if settings is not None else LogSettings.from_env()
-        self.file = LogFile(self.path, settings.feedback_timeout_s)
+        self.file = LogFile(self.path, settings.feedback_timeout_s, self.location.url)
         self.writer = LogWriter(self.file, settings, profiles=profiles, max_queue=max_queue, batch_rows=batch_rows,
                                 interval=interval, start=start)
         self._readers = threading.local()
@@ -196,7 +209,7 @@ class PredictionLog:
         try:
             targets = self._find(list(dict.fromkeys(i for _, i, _ in parsed)))
             if not f.feedback_lock.acquire(timeout=self.settings.feedback_timeout_s):
-                raise sqlite3.OperationalError("database is locked")
+                raise _busy()  # another thread of this process is recording labels
             try:
                 if f.feedback is None:
                     raise sqlite3.OperationalError(f"no prediction log: {f.error}")
@@ -206,18 +219,20 @@ class PredictionLog:
                     return labels.record(db, model, parsed, errors, targets, existing, BUCKET_SECONDS)
             finally:
                 f.feedback_lock.release()
-        except sqlite3.Error as exc:
+        except database.Error as exc:
             raise self._unavailable(exc) from None
 
-    def _unavailable(self, exc: sqlite3.Error) -> LogUnavailable:
+    def _unavailable(self, exc: BaseException) -> LogUnavailable:
         wait = max(1, math.ceil(self.settings.feedback_timeout_s))
-        if logfile.is_busy(exc):
+        if database.transient(exc):
+            reach = "" if isinstance(exc, sqlite3.Error) else ", or its database is out of reach"
             return LogUnavailable(f"the prediction log is busy (another process holds its write lock for more than "
-                                  f"{self.settings.feedback_timeout_s:g} s): no label recorded; send them again",
+                                  f"{self.settings.feedback_timeout_s:g} s{reach}): no label recorded; send them again",
                                   retry_after=wait)
         if logfile.is_full(exc):
             return LogUnavailable("the disk holding the prediction log is full: no label recorded", retry_after=60)
-        return LogUnavailable(f"the prediction log cannot record labels now ({exc}): no label recorded",
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return LogUnavailable(f"the prediction log cannot record labels now ({reason}): no label recorded",
                               retry_after=wait)
 
     def _find(self, ids: list[str]) -> dict[str, labels.Target | labels.Problem]:
@@ -245,10 +260,17 @@ class PredictionLog:
         if reader is None or self._readers.epoch != self.file.epoch:  # a new file since: read that one
             if reader is not None:
                 reader.close()
-            reader = self._readers.reader = LogReader(self.path.parent)
+            reader = self._readers.reader = LogReader(self.location.text)
             self._readers.epoch = self.file.epoch
             self._reader_list.append(reader)
         return reader
+
+
+def _busy() -> sqlite3.OperationalError:
+    """The error a locked SQLite database raises (its busy code, so it reads as busy everywhere)."""
+    exc = sqlite3.OperationalError("database is locked")
+    exc.sqlite_errorcode = logfile.SQLITE_BUSY  # type: ignore[attr-defined]
+    return exc
 
 
 def registry_profiles(store: Any) -> Profiles:
@@ -263,7 +285,7 @@ def registry_profiles(store: Any) -> Profiles:
 
 def open_sink(store: Any) -> PredictionLog:
     """The server's event sink for ``store``: its prediction log, with out-of-range checks from the registry."""
-    return PredictionLog(store.home, profiles=registry_profiles(store))
+    return PredictionLog(store.location, profiles=registry_profiles(store))
 
 
 feedback_status = labels.status_of

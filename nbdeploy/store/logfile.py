@@ -9,6 +9,10 @@ so setting aside happens under a file lock and only once per bad file.
 New files are created with ``auto_vacuum=INCREMENTAL`` (it must be set before the first table),
 so the space retention frees can be returned to the file system a little at a time; an older
 small file is converted when opened, a large one keeps reusing its free pages instead.
+
+On a PostgreSQL store the log's tables live in the store's database (created with the registry's,
+see :class:`nbdeploy.store.registry.Store`): :class:`LogFile` then holds two sessions of the
+log's scope instead of two file connections, and there is no file to set aside, convert or vacuum.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from nbdeploy.errors import Unavailable
+from nbdeploy.store import database, postgres
 from nbdeploy.store.files import private_database, stamped_sibling
 
 log = logging.getLogger("nbdeploy.log")
@@ -169,12 +176,17 @@ class LogFile:
     ``ok`` while it can be written; ``error`` says why not. :meth:`recover` sets an unreadable file
     aside and starts afresh; when even that fails the log runs without a file (``writer`` None).
     Hold ``write_lock`` to use ``writer`` and ``feedback_lock`` to use ``feedback``.
+
+    With ``url`` (a PostgreSQL store) ``writer`` and ``feedback`` are sessions on the store's
+    database; ``path`` is then only a name in this machine's directory, and messages show ``shown``
+    (the URL without its password).
     """
 
-    def __init__(self, path: Path, feedback_timeout_s: float) -> None:
-        self.path, self.feedback_timeout_s = path, feedback_timeout_s
-        self.writer: sqlite3.Connection | None = None
-        self.feedback: sqlite3.Connection | None = None  # synchronous=FULL: an acknowledged label survives a crash
+    def __init__(self, path: Path, feedback_timeout_s: float, url: str | None = None) -> None:
+        self.path, self.feedback_timeout_s, self.url = path, feedback_timeout_s, url
+        self.shown = postgres.redact(url) if url else str(path)
+        self.writer: Any = None  # a sqlite3.Connection, or a postgres.Session
+        self.feedback: Any = None  # synchronous=FULL: an acknowledged label survives a crash
         self.write_lock, self.feedback_lock = threading.Lock(), threading.Lock()
         self.error: str | None = None
         self.recoveries = 0
@@ -187,15 +199,22 @@ class LogFile:
             if is_corrupt(exc):
                 self.recover(exc)
             else:
-                self._disable(f"cannot open {self.path}: {exc}")
-        except OSError as exc:
-            self._disable(f"cannot open {self.path}: {exc}")
+                self._disable(f"cannot open {self.shown}: {exc}")
+        except (OSError, Unavailable, *database.Error) as exc:
+            self._disable(f"cannot open {self.shown}: {exc}")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url is not None
 
     @property
     def ok(self) -> bool:
         return self.writer is not None and self.error is None
 
     def _connect(self) -> None:
+        if self.url is not None:
+            self._connect_postgres(self.url)
+            return
         writer = connect(private_database(self.path), timeout=OPEN_WAIT_S)  # another worker may be preparing it
         try:
             prepare(writer)
@@ -208,8 +227,17 @@ class LogFile:
         self._ident = identity(self.path)
         self.epoch += 1
 
+    def _connect_postgres(self, url: str) -> None:
+        """Two sessions of the log's scope; the tables are the store's (its ``Store`` created them)."""
+        writer = postgres.Session(url, "log")
+        if writer.execute("SELECT to_regclass('predictions')").fetchone()[0] is None:
+            raise Unavailable(f"no nbdeploy store in {self.shown}: its tables are created with the store")
+        self.writer, self.feedback = writer, postgres.Session(url, "log", self.feedback_timeout_s)
+        self.epoch += 1
+
     def recover(self, exc: BaseException) -> None:
-        """Set the unreadable file aside and start a fresh one: once, whichever worker sees it first."""
+        """Set the unreadable file aside and start a fresh one: once, whichever worker sees it first.
+        (SQLite only: a PostgreSQL server reports no corrupt file.)"""
         detail = ""
         try:
             with self.write_lock, self.feedback_lock, recovery_lock(self.path):
@@ -249,13 +277,13 @@ class LogFile:
             if is_corrupt(exc):
                 self.recover(exc)
             else:
-                self.error = f"cannot open {self.path}: {exc}"
+                self.error = f"cannot open {self.shown}: {exc}"
             return
-        except OSError as exc:
-            self.error = f"cannot open {self.path}: {exc}"
+        except (OSError, Unavailable, *database.Error) as exc:
+            self.error = f"cannot open {self.shown}: {exc}"
             return
         self.error = None
-        log.warning("%s is open again: predictions are logged again", self.path)
+        log.warning("%s is open again: predictions are logged again", self.shown)
 
     def _disable(self, why: str) -> None:
         self._close()

@@ -288,13 +288,20 @@ def lock_key(scope: str) -> int:
 class Session:
     """A ``sqlite3.Connection`` look-alike on PostgreSQL for the store's modules (see the module docstring).
 
-    One per thread, as with SQLite connections. ``scope`` names the write lock ``BEGIN IMMEDIATE`` takes.
+    One per thread, as with SQLite connections. ``scope`` names the write lock ``BEGIN IMMEDIATE``
+    takes; ``lock_timeout_s`` bounds how long it waits for it (``LockNotAvailable``, transient), as a
+    SQLite connection's busy timeout does (None: as long as it takes).
     """
 
-    def __init__(self, url: str, scope: str) -> None:
+    def __init__(self, url: str, scope: str, lock_timeout_s: float | None = None) -> None:
         self.url, self.scope = url, scope
-        self._pool = pool(url)
+        self.lock_timeout_ms = None if lock_timeout_s is None else max(1, int(lock_timeout_s * 1000))
+        pool(url)  # connect now: a database out of reach is an error here, not at the first statement
         self._held: Any = None  # the connection of the open transaction
+
+    @property
+    def _pool(self) -> Any:
+        return pool(self.url)  # looked up each time: a forked process must not use its parent's sockets
 
     @property
     def in_transaction(self) -> bool:
@@ -331,17 +338,24 @@ class Session:
             if statement.strip():
                 self.execute(statement)
 
-    def copy_ignoring(self, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> int:
-        """Bulk-insert ``rows`` with ``COPY`` through a temporary table, skipping keys already there;
-        returns how many were new. Call it inside a transaction."""
+    def copy_ignoring(self, table: str, columns: Sequence[str], rows: list[Sequence[Any]],
+                      key: str = "id") -> int:
+        """Bulk-insert ``rows`` with ``COPY`` through a temporary table, skipping rows whose ``key`` is
+        there already; returns how many were new. Call it inside a transaction.
+
+        The temporary table has the columns only (no defaults: the table's own sequence is drawn
+        once per new row, in arrival order ``ord``), so a skipped row takes no number.
+        """
         cols = ", ".join(columns)
         labels = [i for i, c in enumerate(columns) if c == LABEL]
         temp = f"nbdeploy_new_{table}"
 
         def run(conn: Any) -> Result:
             with conn.cursor() as cur:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table} INCLUDING DEFAULTS) "
-                            "ON COMMIT DELETE ROWS")
+                if cur.execute("SELECT to_regclass(%s)", (f"pg_temp.{temp}",)).fetchone()[0] is None:
+                    cur.execute(f"CREATE TEMP TABLE {temp} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} "
+                                "WITH NO DATA")
+                    cur.execute(f"ALTER TABLE {temp} ADD COLUMN ord BIGSERIAL")
                 with cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
                     for row in rows:
                         if labels:
@@ -350,8 +364,8 @@ class Session:
                                 if row[i] is not None:
                                     row[i] = encode_label(row[i])
                         copy.write_row(row)
-                cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} ORDER BY seq "
-                            "ON CONFLICT DO NOTHING")
+                cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} t WHERE NOT EXISTS "
+                            f"(SELECT 1 FROM {table} x WHERE x.{key} = t.{key}) ORDER BY ord ON CONFLICT DO NOTHING")
                 n = cur.rowcount
                 cur.execute(f"TRUNCATE {temp}")
                 return Result([], n)
@@ -371,6 +385,8 @@ class Session:
         try:
             conn.execute(statement.sql)
             if statement.begin == "write":
+                if self.lock_timeout_ms is not None:
+                    conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.scope),))
         except BaseException:
             self._pool.putconn(conn)

@@ -1,4 +1,5 @@
-"""Every read of the prediction log (``log.db``): named columns in, typed results out.
+"""Every read of the prediction log (``log.db``, or the store's PostgreSQL database): named columns in,
+typed results out.
 
 The monitor, the feedback path and retraining read through :class:`LogReader`; the writes stay
 in :mod:`nbdeploy.store.log` (predictions, rollups) and :mod:`nbdeploy.store.labels` (feedback).
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from nbdeploy.store import database, postgres
 from nbdeploy.store.batch import N_LATENCY
 from nbdeploy.store.logfile import identity
 from nbdeploy.store.registry import SHADOW
@@ -144,29 +146,41 @@ def _empty_rollups() -> Rollups:
 
 
 class LogReader:
-    """Read-only queries on the log of one store home (``home/log.db``).
+    """Read-only queries on the log of one store: ``home`` is its location (a directory, whose
+    ``log.db`` holds the log, or a PostgreSQL URL).
 
     Never creates the log: until something is logged, :meth:`exists` is False and every query
-    returns an empty result. Not for concurrent use from several threads; one reader per thread
-    (or a lock). :meth:`on` reads through a connection the caller owns, such as a writer's
-    connection inside its transaction.
+    returns an empty result (on PostgreSQL: until the store's tables exist). Not for concurrent use
+    from several threads; one reader per thread (or a lock). :meth:`on` reads through a connection
+    the caller owns, such as a writer's connection inside its transaction.
     """
 
     def __init__(self, home: str | Path) -> None:
-        self.path = Path(home) / LOG_FILE
-        self._db: sqlite3.Connection | None = None
+        self.location = database.locate(home)
+        self.path = self.location.directory / LOG_FILE
+        self._db: Any = None  # a sqlite3.Connection, or a postgres.Session
         self._owned = True
         self._ident: tuple[int, int] | None = None
 
     @classmethod
-    def on(cls, db: sqlite3.Connection) -> LogReader:
-        """A reader over ``db``, which stays the caller's to close."""
-        reader = cls(Path(db.execute("PRAGMA database_list").fetchone()[2]).parent)
+    def on(cls, db: Any) -> LogReader:
+        """A reader over ``db`` (a SQLite connection or a PostgreSQL session), which stays the caller's to close."""
+        if database.is_postgres(db):
+            reader = cls(db.url)
+        else:
+            reader = cls(Path(db.execute("PRAGMA database_list").fetchone()[2]).parent)
         reader._db, reader._owned = db, False
         return reader
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and self.path.exists():
+    def _connect(self) -> Any:
+        if self._db is not None:
+            return self._db
+        url = self.location.url
+        if url is not None:
+            session = postgres.Session(url, "log")
+            if session.execute("SELECT to_regclass('predictions')").fetchone()[0] is not None:
+                self._db = session
+        elif self.path.exists():
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA query_only=1")
             self._ident = identity(self.path)
@@ -174,13 +188,13 @@ class LogReader:
 
     def _follow(self) -> None:
         """Reopen when the server replaced the file (a corrupt one set aside): read the log, not the old file."""
-        if self._db is not None and self._owned and not self._db.in_transaction and \
-                identity(self.path) != self._ident:
+        if self._db is not None and self._owned and self.location.url is None and not self._db.in_transaction \
+                and identity(self.path) != self._ident:
             self._db.close()
             self._db = None
 
     def exists(self) -> bool:
-        """Whether anything was ever logged in this home."""
+        """Whether anything was ever logged in this home (on PostgreSQL: whether the store's log tables exist)."""
         return self._connect() is not None
 
     def close(self) -> None:
@@ -237,7 +251,7 @@ class LogReader:
         rows = self._rows("SELECT feature, SUM(n), SUM(missing), SUM(out_of_range), SUM(unseen) FROM feature_rollup "
                           "WHERE model = ? AND version = ? AND bucket >= ? GROUP BY feature",
                           (model, version, since_bucket))
-        return {feature: InputCounts(*counts) for feature, *counts in rows}
+        return {feature: InputCounts(*map(int, counts)) for feature, *counts in rows}  # PostgreSQL sums: numeric
 
     def input_totals(self, model: str, since_bucket: int) -> list[tuple[int, str, InputCounts]]:
         """Per bucket and feature of ``model`` (every version) from ``since_bucket`` on, its input checks,
@@ -245,7 +259,7 @@ class LogReader:
         rows = self._rows("SELECT bucket, feature, SUM(n), SUM(missing), SUM(out_of_range), SUM(unseen) "
                           "FROM feature_rollup WHERE model = ? AND bucket >= ? GROUP BY bucket, feature "
                           "ORDER BY bucket", (model, since_bucket))
-        return [(bucket, feature, InputCounts(*counts)) for bucket, feature, *counts in rows]
+        return [(bucket, feature, InputCounts(*map(int, counts))) for bucket, feature, *counts in rows]
 
     def labelled(self, model: str, version: int | None, limit: int) -> LabelledPredictions:
         """The last ``limit`` predictions of ``model`` ``version`` that have feedback (by prediction order)."""
@@ -276,7 +290,9 @@ class LogReader:
     def recent_answers(self, model: str, version: int, limit: int) -> list[tuple[Any, ...]]:
         """The last ``limit`` logged rows of ``model`` ``version`` (any status), newest first, as tuples
         ``(ts, status, latency_ms, label, feedback label or None, labelled)``: a short window's fine detail."""
-        return self._rows("SELECT p.ts, p.status, p.latency_ms, p.label, f.label, f.pred_seq IS NOT NULL "
+        # CASE, not ``IS NOT NULL``: a number on both backends (PostgreSQL's comparisons are booleans)
+        return self._rows("SELECT p.ts, p.status, p.latency_ms, p.label, f.label, "
+                          "CASE WHEN f.pred_seq IS NULL THEN 0 ELSE 1 END "
                           "FROM predictions p LEFT JOIN feedback f ON f.pred_seq = p.seq "
                           "WHERE p.model = ? AND p.version = ? ORDER BY p.seq DESC LIMIT ?", (model, version, limit))
 
@@ -350,7 +366,7 @@ class LogReader:
         try:
             return [(ts, detail) for ts, detail in self._rows(
                 "SELECT ts, detail FROM incidents WHERE ts >= ? ORDER BY ts", (since,))]
-        except sqlite3.OperationalError:  # a log no server of this version has opened yet
+        except sqlite3.OperationalError:  # a log file no server of this version has opened yet
             return []
 
     # -- decoding ------------------------------------------------------------------------

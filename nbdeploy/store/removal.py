@@ -13,7 +13,11 @@ carries a plan out, re-checking the rule inside its transaction, in this order:
    A running canary is ended first, as stopped, when either of its versions goes or the ``canary`` or
    ``production`` alias is removed (a stopped model's canary would otherwise never be judged again).
 2. Its files (``models/<name>/<version>/``, or ``models/<name>/`` for the whole model).
-3. Its rows in the prediction log (``log.db``): every table with a ``model`` column (and a
+On a PostgreSQL store the registry and the log share one database: step 1 also deletes the
+version's rows of ``files`` (its model files), and the ``served``/``worker_served`` rows are
+this machine's (``runtime.db``); step 2 clears this machine's cache of the files.
+
+3. Its rows in the prediction log (``log.db``, or the log's tables): every table with a ``model`` column (and a
    ``version`` column, for a version), under the model's own name and its ``<name>@…`` names
    (shadow answers). Deleted in short transactions of :data:`BATCH` rows, like retention, so a
    server writing the log meanwhile never waits long. A prediction answered while the deletion runs
@@ -25,13 +29,14 @@ Version numbers are never given again (see :mod:`nbdeploy.store.numbering`).
 
 from __future__ import annotations
 
+import os
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import Any
 
 from nbdeploy.errors import Conflict, InvalidInput, NotFound, did_you_mean
+from nbdeploy.store import database, postgres
 from nbdeploy.store.canary import STOPPED, current_canary, end_canary
 from nbdeploy.store.logfile import connect
 from nbdeploy.store.reader import LOG_FILE
@@ -39,8 +44,9 @@ from nbdeploy.store.registry import CANARY, PRODUCTION, Store, version_number
 from nbdeploy.store.writes import transaction
 
 BATCH = 2_000  # log rows per transaction: a few milliseconds of the log's write lock
-# A version's rows in nbdeploy.db; history tables (alias_history, canaries) keep theirs.
-VERSION_TABLES = ("versions", "aliases", "served", "worker_served")
+# A version's rows in nbdeploy.db; history tables (alias_history, canaries) keep theirs. ``files`` is a
+# PostgreSQL store's (its model files); ``served`` and ``worker_served`` are then in this machine's runtime.db.
+VERSION_TABLES = ("versions", "aliases", "files", "served", "worker_served")
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ def _refuse_aliased(name: str, numbers: tuple[int, ...], aliases: dict[str, int]
 
 
 def _counted(store: Store, plan: Removal) -> Removal:
-    return replace(plan, predictions=_log_rows(store.home, plan, delete=False), dry_run=True)
+    return replace(plan, predictions=_log_rows(store.location, plan, delete=False), dry_run=True)
 
 
 # -- carrying a plan out -----------------------------------------------------------------
@@ -170,30 +176,24 @@ def remove(store: Store, plan: Removal) -> Removal:
         if moved:
             raise Conflict(f"the {', '.join(moved)} alias of {name!r} moved onto a version being deleted "
                            f"({', '.join(f'{a} -> {aliases[a]}' for a in moved)}) meanwhile; nothing was deleted")
-        if plan.model:
-            for table in _tables_with(db, "name"):  # every table keyed by model name, those added later too
-                db.execute(f'DELETE FROM "{table}" WHERE name = ?', (name,))
-        else:
-            marks = ",".join("?" * len(plan.versions))
-            for table in VERSION_TABLES:
-                if plan.versions:
-                    db.execute(f"DELETE FROM {table} WHERE name = ? AND version IN ({marks})", (name, *plan.versions))
-            for alias in plan.aliases:
-                db.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
-            if PRODUCTION in plan.aliases:  # nothing left to serve: stopped, until a version is promoted
-                db.execute("UPDATE models SET serving = 0 WHERE name = ?", (name,))
+        _delete_registry_rows(db, plan)
         store._bump(db)
+    if store.where.is_postgres:  # this machine's record of what its server runs
+        with store._runtime_tx() as runtime:
+            _delete_registry_rows(runtime, plan)
     folder = store.home / "models" / name
     for path in [folder] if plan.model else [folder / str(v) for v in plan.versions]:
         shutil.rmtree(path, ignore_errors=True)
-    predictions = _log_rows(store.home, plan, delete=True) if plan.versions or plan.model else 0
+    predictions = _log_rows(store.location, plan, delete=True) if plan.versions or plan.model else 0
     return replace(plan, predictions=predictions, dry_run=False)
 
 
-def sweep_log(home: Path, plan: Removal, *, settle: float = 0.2, timeout: float = 5.0) -> Removal:
+def sweep_log(home: str | os.PathLike[str], plan: Removal, *, settle: float = 0.2, timeout: float = 5.0) -> Removal:
     """Delete the log rows of ``plan`` that the server's writer committed after :func:`remove` (answers
     given just before the server let the version go wait in its queue a moment): sweep until one sweep
-    finds nothing, at most ``timeout`` seconds. Returns ``plan`` with those rows counted too."""
+    finds nothing, at most ``timeout`` seconds. Returns ``plan`` with those rows counted too.
+
+    ``home`` is the store's location (``store.location``: a directory or a PostgreSQL URL)."""
     if not (plan.versions or plan.model):
         return plan
     found, deadline = 0, time.monotonic() + timeout
@@ -206,23 +206,66 @@ def sweep_log(home: Path, plan: Removal, *, settle: float = 0.2, timeout: float 
     return replace(plan, predictions=plan.predictions + found)
 
 
-def _tables_with(db: sqlite3.Connection, *columns: str) -> list[str]:
+def _delete_registry_rows(db: Any, plan: Removal) -> None:
+    """The registry rows of ``plan`` in ``db`` (the shared tables, or a PostgreSQL store's runtime.db)."""
+    name = plan.name
+    present = _tables(db)
+    if plan.model:
+        for table in _tables_with(db, "name"):  # every table keyed by model name, those added later too
+            db.execute(f'DELETE FROM "{table}" WHERE name = ?', (name,))
+        return
+    marks = ",".join("?" * len(plan.versions))
+    for table in VERSION_TABLES:
+        if plan.versions and table in present:
+            db.execute(f'DELETE FROM "{table}" WHERE name = ? AND version IN ({marks})', (name, *plan.versions))
+    if "aliases" in present:
+        for alias in plan.aliases:
+            db.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+    if PRODUCTION in plan.aliases and "models" in present:  # nothing left to serve: stopped, until a promotion
+        db.execute("UPDATE models SET serving = 0 WHERE name = ?", (name,))
+
+
+def _tables(db: Any) -> list[str]:
+    """The tables of ``db`` (a SQLite connection or a PostgreSQL session)."""
+    if database.is_postgres(db):
+        return postgres.tables(db)
+    return [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                     "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
+def _columns(db: Any, table: str) -> set[str]:
+    if database.is_postgres(db):
+        return set(postgres.table_columns(db, table))
+    return {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _tables_with(db: Any, *columns: str) -> list[str]:
     """The tables of ``db`` that have every one of ``columns``."""
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                       "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-    return [t for t in tables if set(columns) <= {r[1] for r in db.execute(f'PRAGMA table_info("{t}")')}]
+    return [t for t in _tables(db) if set(columns) <= _columns(db, t)]
 
 
-def _log_rows(home: Path, plan: Removal, *, delete: bool) -> int:
-    """The prediction rows of ``plan`` in the log (deleting them, and every other row of it, with ``delete``)."""
-    path = Path(home) / LOG_FILE
-    if not (plan.versions or plan.model) or not path.exists():
+def _open_log(home: str | os.PathLike[str]) -> Any:
+    """A connection to the store's log (a session of the log's scope on PostgreSQL); None when there is none."""
+    where = database.locate(home)
+    if where.url is not None:
+        db = postgres.Session(where.url, "log")
+        return db if "predictions" in postgres.tables(db) else None
+    path = where.directory / LOG_FILE
+    return connect(path) if path.exists() else None
+
+
+def _log_rows(home: str | os.PathLike[str], plan: Removal, *, delete: bool) -> int:
+    """The prediction rows of ``plan`` in the log (deleting them, and every other row of it, with ``delete``).
+    ``home`` is the store's location."""
+    if not (plan.versions or plan.model):
         return 0
-    db = connect(path)
+    db = _open_log(home)
+    if db is None:
+        return 0
     try:
         counted = 0
         for table in _tables_with(db, "model") if delete else ["predictions"]:
-            columns = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+            columns = _columns(db, table)
             names = [m for (m,) in db.execute(f'SELECT DISTINCT model FROM "{table}"')
                      if m == plan.name or str(m).startswith(plan.name + "@")]  # <name>@shadow: shadow answers
             if not names:
@@ -235,7 +278,7 @@ def _log_rows(home: Path, plan: Removal, *, delete: bool) -> int:
                 where += f" AND version IN ({','.join('?' * len(plan.versions))})"
                 params += plan.versions
             n = _delete(db, table, where, params) if delete else \
-                db.execute(f'SELECT COUNT(*) FROM "{table}" WHERE {where}', params).fetchone()[0]
+                int(db.execute(f'SELECT COUNT(*) FROM "{table}" WHERE {where}', params).fetchone()[0])
             if table == "predictions":
                 counted = n
         return counted
@@ -243,14 +286,22 @@ def _log_rows(home: Path, plan: Removal, *, delete: bool) -> int:
         db.close()
 
 
-def _delete(db: sqlite3.Connection, table: str, where: str, params: list[object]) -> int:
-    """Delete the rows matching ``where`` in short transactions; how many went."""
+def _row_key(db: Any, table: str) -> str:
+    """What addresses one row of ``table`` in a ``DELETE ... IN (SELECT ...)``: its rowid (SQLite), else its
+    primary key's columns (a ``WITHOUT ROWID`` table, PostgreSQL), else PostgreSQL's ``ctid``."""
+    if database.is_postgres(db):
+        key = postgres.primary_key(db, table)
+        return ", ".join(f'"{c}"' for c in key) if key else "ctid"
     sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
     if "WITHOUT ROWID" in sql.upper():  # no rowid: address rows by their primary key
-        key = ", ".join(f'"{c}"' for _, c in sorted((r[5], r[1]) for r in db.execute(f'PRAGMA table_info("{table}")')
-                                                    if r[5]))
-    else:
-        key = "rowid"
+        return ", ".join(f'"{c}"' for _, c in sorted((r[5], r[1]) for r in db.execute(f'PRAGMA table_info("{table}")')
+                                                     if r[5]))
+    return "rowid"
+
+
+def _delete(db: Any, table: str, where: str, params: list[object]) -> int:
+    """Delete the rows matching ``where`` in short transactions; how many went."""
+    key = _row_key(db, table)
     total = 0
     while True:
         with transaction(db):

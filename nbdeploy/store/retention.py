@@ -13,26 +13,40 @@ monitor charts (requests, errors, latency, labelled, correct, errors of regresso
 range) per 10-second bucket; they are pruned separately after ``rollup_max_age_s``. Freed pages
 go back to the file system a little at a time (:func:`reclaim`) when the file was created with
 incremental vacuum.
+
+On PostgreSQL the same steps run on the store's database. Freed space is the autovacuum's to
+reuse (:func:`reclaim` does nothing), and a table's size on disk does not shrink when rows go, so
+``max_bytes`` cannot be checked against it (it would prune the whole log): it keeps as many of the
+newest rows as fit, at the size of the newest rows (:func:`rows_within`). ``seq`` numbers may have
+gaps there (a sequence never gives a number back, not even to a rolled-back or skipped row), so
+the rows to keep are counted on the index, not inferred from the numbers.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
+from nbdeploy.store import database
 from nbdeploy.store.writes import transaction
 
 PRUNE_BATCH = 2_000  # rows per step: a few milliseconds of write lock
 RECLAIM_PAGES = 1_024  # pages returned per step
 SLACK_PAGES = 2_048  # free pages kept for new rows (8 MiB of 4 KiB pages), or a tenth of the file if more
+ROW_OVERHEAD = 128  # PostgreSQL: a row's header, line pointer and index entries, beyond its values
+SIZE_SAMPLE = 256  # the newest rows whose size stands for every row's
 
 
-def used_bytes(db: sqlite3.Connection) -> int:
-    """Bytes of the file's pages that hold data (free pages excluded)."""
+def used_bytes(db: Any) -> int:
+    """Bytes of the file's pages that hold data (free pages excluded); on PostgreSQL, the size on disk of
+    the prediction and feedback tables with their indexes (freed space included: see the module's docstring)."""
+    if database.is_postgres(db):
+        return int(db.execute("SELECT pg_total_relation_size('predictions') + "
+                              "pg_total_relation_size('feedback')").fetchone()[0])
     pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
     return pages * db.execute("PRAGMA page_size").fetchone()[0]
 
 
-def prune_step(db: sqlite3.Connection, *, now: float, max_age_s: float, max_rows: int, max_bytes: int,
+def prune_step(db: Any, *, now: float, max_age_s: float, max_rows: int, max_bytes: int,
                batch: int = PRUNE_BATCH) -> int:
     """Delete up to ``batch`` of the oldest prediction rows beyond a limit, with their feedback.
 
@@ -46,10 +60,18 @@ def prune_step(db: sqlite3.Connection, *, now: float, max_age_s: float, max_rows
                      (lo, batch - 1)).fetchone()
     end = row[0] if row else hi
     cut = lo  # rows below ``cut`` go whatever their age
-    if max_rows and hi - lo + 1 > max_rows:  # seq has no gaps but those pruning made: the count, without COUNT(*)
-        cut = min(end + 1, hi - max_rows + 1)
-    if max_bytes and used_bytes(db) > max_bytes:
-        cut = end + 1
+    if database.is_postgres(db):
+        keep = min(n for n in (max_rows, rows_within(db, max_bytes) if max_bytes else 0) if n) \
+            if max_rows or max_bytes else 0
+        if keep and hi - lo + 1 > keep:  # at most this many rows: counted only when the limit may be passed
+            kept = db.execute("SELECT seq FROM predictions ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep - 1,)).fetchone()
+            if kept is not None:  # the oldest row to keep
+                cut = min(end + 1, kept[0])
+    else:
+        if max_rows and hi - lo + 1 > max_rows:  # seq has no gaps but those pruning made: the count, without COUNT(*)
+            cut = min(end + 1, hi - max_rows + 1)
+        if max_bytes and used_bytes(db) > max_bytes:
+            cut = end + 1
     before = now - max_age_s if max_age_s else float("-inf")
     with transaction(db):
         n = db.execute("DELETE FROM predictions WHERE seq BETWEEN ? AND ? AND (seq < ? OR ts < ?)",
@@ -60,7 +82,14 @@ def prune_step(db: sqlite3.Connection, *, now: float, max_age_s: float, max_rows
     return n
 
 
-def prune_rollups(db: sqlite3.Connection, before_bucket: int) -> int:
+def rows_within(db: Any, max_bytes: int) -> int:
+    """PostgreSQL: how many prediction rows ``max_bytes`` holds, at the size of the newest rows (at least one)."""
+    size = db.execute(f"SELECT AVG(pg_column_size(p.*)) FROM (SELECT * FROM predictions ORDER BY seq DESC "
+                      f"LIMIT {SIZE_SAMPLE}) p").fetchone()[0]
+    return max(1, int(max_bytes // (float(size or 0) + ROW_OVERHEAD)))
+
+
+def prune_rollups(db: Any, before_bucket: int) -> int:
     """Delete rollup buckets older than ``before_bucket`` (a full scan of small tables: call it rarely)."""
     with transaction(db):
         n = db.execute("DELETE FROM rollup WHERE bucket < ?", (before_bucket,)).rowcount
@@ -68,11 +97,14 @@ def prune_rollups(db: sqlite3.Connection, before_bucket: int) -> int:
     return n
 
 
-def reclaim(db: sqlite3.Connection, pages: int = RECLAIM_PAGES) -> int:
+def reclaim(db: Any, pages: int = RECLAIM_PAGES) -> int:
     """Return up to ``pages`` free pages beyond the slack to the file system; how many went.
 
-    Only a file in incremental-vacuum mode can; another keeps its free pages for new rows.
+    Only a file in incremental-vacuum mode can; another keeps its free pages for new rows. On
+    PostgreSQL nothing: the autovacuum makes deleted rows' space reusable.
     """
+    if database.is_postgres(db):
+        return 0
     if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
         return 0
     free = db.execute("PRAGMA freelist_count").fetchone()[0]

@@ -1,4 +1,4 @@
-"""The prediction log's writer: a bounded queue in front of one thread that commits it to ``log.db``.
+"""The prediction log's writer: a bounded queue in front of one thread that commits it to the log.
 
 :meth:`LogWriter.put` is the request path's only cost: it never blocks and never raises; beyond
 ``max_queue`` requests or ``settings.max_queue_rows`` rows waiting, a request is counted as
@@ -7,10 +7,11 @@ every ``interval`` seconds (sooner when much waits) and commits what waits in tr
 most ``batch_rows`` rows: a large request is split into parts, so the Python objects a step makes
 stay bounded however large a request was, and the heap it used goes back to the system after.
 
-A database another process holds locked is retried with backoff for ``settings.retry_seconds``
-before the step is dropped (counted); a full disk drops (counted) with one warning a minute; an
-unreadable file is set aside (:meth:`nbdeploy.store.logfile.LogFile.recover`). Between commits
-the thread applies retention (:mod:`nbdeploy.store.retention`) in short steps.
+A database another process holds locked (or, on PostgreSQL, a server out of reach for a moment)
+is retried with backoff for ``settings.retry_seconds`` before the step is dropped (counted); a
+full disk drops (counted) with one warning a minute; an unreadable SQLite file is set aside
+(:meth:`nbdeploy.store.logfile.LogFile.recover`). Between commits the thread applies retention
+(:mod:`nbdeploy.store.retention`) in short steps.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from nbdeploy.store import logfile, retention, writes
+from nbdeploy.store import database, logfile, retention, writes
 from nbdeploy.store.batch import BUCKET_SECONDS, Batch, Part, Rules, compile_rules, event_rows, new_roll
 from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.logfile import LogFile
@@ -65,6 +66,7 @@ class LogWriter:
                  batch_rows: int, interval: float, start: bool) -> None:
         self.file, self.settings, self.profiles = file, settings, profiles
         self.path = file.path
+        self.shown = file.shown  # what messages name: the file, or the database URL without its password
         self.max_queue, self.batch_rows, self.interval = max_queue, batch_rows, interval
         self.dropped = 0  # requests not logged since start; the rollups keep them too
         self.dropped_rows = 0  # the rows of those requests
@@ -141,7 +143,7 @@ class LogWriter:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():  # stuck in SQLite: what it still holds is lost, and said so
+            if self._thread.is_alive():  # stuck in the database: what it still holds is lost, and said so
                 lost = self._take(math.inf)[0]
                 self._drop(lost)
                 log.error("the prediction log writer did not finish in %.0f s: %d requests not logged",
@@ -220,23 +222,23 @@ class LogWriter:
                 self.file.error = None
                 self._since_trim += len(batch.rows)
                 return
-            except sqlite3.Error as exc:
+            except database.Error as exc:
                 if logfile.is_corrupt(exc) and not recovered and self.file.writer is not None:
                     self.file.recover(exc)
                     recovered = True
                     continue
                 limit = min(started + self.settings.retry_seconds, self._give_up_at)
-                if logfile.is_busy(exc) and time.monotonic() + delay < limit:
-                    self._warn("busy", "%s is locked by another process; retrying for up to %.0f s", self.path,
-                               self.settings.retry_seconds)
+                if database.transient(exc) and time.monotonic() + delay < limit:
+                    self._warn("busy", "%s is locked by another process or out of reach (%s); retrying for up to "
+                               "%.0f s", self.shown, _first_line(exc), self.settings.retry_seconds)
                     time.sleep(delay)
                     delay = min(2 * delay, 1.0)
                     continue
-                self.file.error = f"cannot write to {self.path}: {exc}"
+                self.file.error = f"cannot write to {self.shown}: {_first_line(exc)}"
                 kind = "full" if logfile.is_full(exc) else "write"
                 self._warn(kind, "%s: %d rows not logged (counted as dropped)", self.file.error, len(batch.rows))
             except Exception:  # a bug: say so (once a minute), count, carry on
-                self._warn("bug", "cannot write %d rows to %s; counted as dropped", len(batch.rows), self.path,
+                self._warn("bug", "cannot write %d rows to %s; counted as dropped", len(batch.rows), self.shown,
                            exc_info=True)
             self._drop(parts)
             return
@@ -252,7 +254,7 @@ class LogWriter:
     def write(self, events: list[PredictionEvent]) -> None:
         """Commit events and their rollups, ``batch_rows`` rows per transaction (for bulk loads and tests).
 
-        Raises what SQLite raises; events that cannot be encoded are counted as dropped.
+        Raises what the database raises; events that cannot be encoded are counted as dropped.
         """
         step: list[Part] = []
         rows = 0
@@ -341,9 +343,9 @@ class LogWriter:
         try:
             if self.prune(deadline=now + PRUNE_BUDGET_S):
                 self._next_prune = time.monotonic() + 0.2  # more is due: after the next write
-        except sqlite3.Error as exc:
-            if not logfile.is_busy(exc):  # busy: another worker is writing; next time
-                self._warn("prune", "cannot prune %s: %s", self.path, exc)
+        except database.Error as exc:
+            if not database.transient(exc):  # busy: another worker is writing; next time
+                self._warn("prune", "cannot prune %s: %s", self.shown, exc)
 
     def prune(self, now: float | None = None, deadline: float = math.inf) -> bool:
         """Apply retention: delete what is beyond the settings' limits, in short steps, until done or
@@ -365,3 +367,8 @@ class LogWriter:
             retention.reclaim(db)
         return n >= retention.PRUNE_BATCH
 
+
+def _first_line(exc: BaseException) -> str:
+    """An error's message without the detail lines PostgreSQL adds (they may quote the rows)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,12 +1,16 @@
 """The Ray Serve scenario of test_ray.py, run as a script inside a loopback-only network namespace.
 
-    python ray_scenario.py HOME [--bench SECONDS]
+    python ray_scenario.py DIR [--bench SECONDS]
 
-Starts a local Ray, serves a store of two iris versions with 2 replicas, sends V2 requests from
-threads while version 2 replaces version 1 through a reconfigure, then checks that no request
-failed, that later answers come from version 2, and that every established TCP connection in the
-namespace is on loopback. Prints one JSON line of figures; exits 1 when a check fails.
-With ``--bench``, also measures single-row throughput against the plain server (``nbdeploy serve``).
+Starts a throwaway PostgreSQL (tests/pgserver.py, inside the namespace) and a local Ray, serves a
+store of two iris versions in that database with 2 replicas, sends V2 requests from threads while
+version 2 replaces version 1 through a reconfigure, then checks that no request failed, that later
+answers come from version 2, that every answered prediction reached the shared log (both
+replicas log by default on a PostgreSQL store), that labels sent through Ray's proxy are accepted
+whichever replica answered the prediction, that the monitor counts all of it, and that every
+established TCP connection in the namespace is on loopback. Prints one JSON line of figures;
+exits 1 when a check fails. With ``--bench``, also measures single-row throughput against the
+plain server (``nbdeploy serve``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ THREADS = int(os.environ.get("RAY_SCENARIO_THREADS", "4"))
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def make_store(home: Path) -> None:
+def make_store(home: str) -> None:
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -62,6 +66,7 @@ class Client(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.stop = port, stop
         self.answers: list[tuple[float, str]] = []  # (time sent, model_version)
+        self.ids: list[str] = []  # the server's key of each answered request
         self.failures: list[str] = []
 
     def run(self) -> None:
@@ -77,6 +82,8 @@ class Client(threading.Thread):
                     self.failures.append(f"{response.status} {data[:200]!r}")
                     continue
                 self.answers.append((sent, json.loads(data)["model_version"]))
+                # the body's key: Ray's proxy appends its own id to the X-Request-ID header
+                self.ids.append(json.loads(data)["parameters"]["prediction_id"])
             except (OSError, http.client.HTTPException) as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 conn.close()
@@ -144,7 +151,7 @@ def established() -> list[tuple[str, str]]:
     return found
 
 
-def plain_server_rps(home: Path, seconds: float) -> float:
+def plain_server_rps(home: str, seconds: float) -> float:
     port = 8100
     command = [str(Path(sys.executable).parent / "nbdeploy"), "serve", "--home", str(home), "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -165,10 +172,54 @@ def plain_server_rps(home: Path, seconds: float) -> float:
         server.wait(10)
 
 
+def logged(home: str, answered: int, timeout: float = 20.0) -> int:
+    """Predictions in the shared log, once the replicas' writers have committed ``answered`` (or time is up)."""
+    from nbdeploy.store.postgres import Session
+
+    db = Session(home, "log")
+    deadline = time.monotonic() + timeout
+    while True:
+        n = db.execute("SELECT COUNT(*) FROM predictions WHERE model = 'iris'").fetchone()[0]
+        if n >= answered or time.monotonic() > deadline:
+            return int(n)
+        time.sleep(0.2)
+
+
+def label(port: int, ids: list[str]) -> dict:
+    """Labels for ``ids`` through Ray's proxy, one request each (each may reach either replica)."""
+    accepted, statuses = 0, []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in ids:
+        conn.request("POST", "/v2/models/iris/feedback", json.dumps([{"id": i, "label": 0}]).encode(),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        statuses.append(response.status)
+        accepted += body.get("accepted", 0) if response.status == 200 else 0
+    conn.close()
+    return {"accepted": accepted, "statuses": sorted(set(statuses))}
+
+
 def main() -> int:
-    home = Path(sys.argv[1])
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/pgserver.py
+    import pgserver
+
+    workdir = Path(sys.argv[1])
     bench = float(sys.argv[sys.argv.index("--bench") + 1]) if "--bench" in sys.argv else 0.0
     began = time.monotonic()
+    postgres = pgserver.PostgresServer()
+    if not postgres.available():
+        print("RESULT " + json.dumps({"error": f"PostgreSQL: {postgres.reason}"}), flush=True)
+        return 1
+    postgres.start()
+    try:
+        return scenario(postgres.fresh_database("ray"), workdir, bench, began)
+    finally:
+        postgres.stop()
+
+
+def scenario(home: str, workdir: Path, bench: float, began: float) -> int:
+    os.environ["NBDEPLOY_LOCAL_DIR"] = str(workdir / "local")  # the replicas inherit it from this driver
     make_store(home)
     import ray
 
@@ -202,6 +253,15 @@ def main() -> int:
         c.join(30)
     answers = sorted(a for c in clients for a in c.answers)
     failures = [f for c in clients for f in c.failures]
+    ids = [i for c in clients for i in c.ids]
+    figures["logged"] = logged(home, len(answers))
+    figures["feedback"] = label(port, ids[::max(1, len(ids) // 40)][:40])
+    from nbdeploy.monitor.live import Monitor
+    from nbdeploy.store.reader import LogReader
+
+    figures["monitor_requests"] = Monitor(home, "iris").snapshot()["traffic"]["requests"]
+    with LogReader(home) as reader:  # the rollups every monitor view reads: labels of both versions
+        figures["monitor_labelled"] = int(reader.rollups("iris", 0).labelled.sum())
     figures["requests"] = len(answers)
     figures["failures"] = failures[:5]
     figures["failed"] = len(failures)
@@ -220,7 +280,9 @@ def main() -> int:
 
     ok = (not failures and figures["network_warning"] and figures["answers_before_swap"][:1] == ["1"]
           and figures["answers_after_swap"] == ["2"] and len(answers) > 50 and connections
-          and not figures["off_loopback"])
+          and not figures["off_loopback"] and figures["logged"] == len(answers)
+          and figures["feedback"]["accepted"] == min(40, len(ids)) and figures["monitor_requests"] == len(answers)
+          and figures["monitor_labelled"] == figures["feedback"]["accepted"])
     print("RESULT " + json.dumps(figures), flush=True)
     return 0 if ok else 1
 

@@ -68,7 +68,7 @@ def start_server(store: Store, workers: int | None = None, *, stderr: int = subp
     returned once it serves what the store holds and every worker has started. Its stderr is a pipe to read
     (pass ``stderr=subprocess.DEVNULL`` for a chatty server that is not read)."""
     args = ["--workers", str(workers)] if workers else []
-    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", str(store.home), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "nbdeploy.cli", "serve", "--home", store.location, "--port", "0",
                              *args], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,14 +15,18 @@ from serve_helpers import add_version, iris_inputs
 
 from nbdeploy.serve import process
 from nbdeploy.store import Store
+from nbdeploy.store.postgres import Session
 
 pytestmark = pytest.mark.server
 TRIALS = 10
 ROWS = 400  # predictions labelled per trial, by four clients, one to four labels per request
 
 
-def stored_labels(home: Path) -> dict[str, int]:
-    with sqlite3.connect(home / "log.db") as db:
+def stored_labels(store: Store) -> dict[str, int]:
+    """What the log holds, read on a connection of its own (SQLite's file, or the PostgreSQL database)."""
+    if store.where.is_postgres:
+        return {r[0]: r[1] for r in Session(store.location, "log").execute("SELECT id, label FROM feedback")}
+    with sqlite3.connect(store.home / "log.db") as db:
         return dict(db.execute("SELECT id, label FROM feedback").fetchall())
 
 
@@ -44,9 +47,9 @@ def label_until_killed(url: str, ids: list[str], acked: dict[str, int], errors: 
             acked.update((item["id"], item["label"]) for item in items)
 
 
-def test_no_acknowledged_label_is_lost_to_sigkill(tmp_path: Path, iris, iris_onnx) -> None:
+def test_no_acknowledged_label_is_lost_to_sigkill(store_home: str, iris, iris_onnx) -> None:
     X, _, _ = iris
-    store = Store(tmp_path / "home")
+    store = Store(store_home)
     add_version(store, "iris", iris_onnx)
     rng = random.Random(0)
     acked: dict[str, int] = {}
@@ -54,7 +57,7 @@ def test_no_acknowledged_label_is_lost_to_sigkill(tmp_path: Path, iris, iris_onn
     lost: set[str] = set()
     for trial in range(TRIALS + 1):
         record = process.ensure_server(store)  # after a kill: a restart on the same log
-        stored = stored_labels(store.home) if trial else {}
+        stored = stored_labels(store) if trial else {}
         lost |= {i for i, label in acked.items() if stored.get(i) != label}
         if trial == TRIALS:
             process.stop_server(store)

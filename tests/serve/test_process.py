@@ -35,6 +35,16 @@ def server(tmp_path: Path, iris_onnx):
     process.stop_server(store)
 
 
+@pytest.fixture
+def server_on_each_backend(store_home: str, iris_onnx):
+    """The real server over a store on SQLite, then on PostgreSQL."""
+    store = Store(store_home)
+    add_version(store, "iris", iris_onnx)
+    record = process.ensure_server(store)
+    yield store, record
+    process.stop_server(store)
+
+
 def test_tritonclient_with_its_defaults(server, iris):
     X, _, model = iris
     _, record = server
@@ -56,9 +66,9 @@ def test_tritonclient_with_its_defaults(server, iris):
     client.close()
 
 
-def test_swap_under_constant_load_fails_no_request(server, iris, iris_onnx):
+def test_swap_under_constant_load_fails_no_request(server_on_each_backend, iris, iris_onnx):
     X, _, _ = iris
-    store, record = server
+    store, record = server_on_each_backend
     body = {"inputs": iris_inputs(X.head(2))}
     stop = threading.Event()
     seen: list[tuple[int, str]] = []

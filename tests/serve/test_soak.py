@@ -23,9 +23,9 @@ def load_soak():
     return module
 
 
-def test_soak(tmp_path: Path) -> None:
+def test_soak(store_home: str) -> None:
     soak = load_soak()
-    f = soak.run(SECONDS, home=tmp_path / "home", swap_every=3.0)
+    f = soak.run(SECONDS, home=store_home, swap_every=3.0)
     print("\n" + f.report())
     assert not f.failures, f.failures[:5]
     assert f.requests > 1_000 and f.swaps >= SECONDS // 6 and f.monitor_reads >= SECONDS // 3

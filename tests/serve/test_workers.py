@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from logtables import log_db
 from serve_helpers import add_version, iris_inputs, start_server, stop_server
 
 from nbdeploy.serve import process
@@ -28,8 +28,9 @@ def _worker_pids(parent: int) -> set[int]:
 
 
 @pytest.fixture
-def two_workers(tmp_path: Path, iris_onnx):
-    store = Store(tmp_path / "home")
+def two_workers(store_home: str, iris_onnx):
+    """A server of two worker processes over a store on SQLite, then on PostgreSQL."""
+    store = Store(store_home)
     add_version(store, "iris", iris_onnx)
     proc = start_server(store, workers=2)
     yield store, proc
@@ -87,9 +88,10 @@ def test_two_workers_answer_and_both_log(two_workers, iris):
     assert statuses == [200] * n
     proc.send_signal(signal.SIGTERM)  # drain: both writers commit what they queued before exiting
     assert proc.wait(timeout=20) == 0
-    with sqlite3.connect(store.home / "log.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == n  # no event lost to a lock
-        assert db.execute("SELECT SUM(requests) FROM rollup").fetchone()[0] == n
+    db = log_db(store.location)
+    assert db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == n  # no event lost to a lock
+    assert db.execute("SELECT SUM(requests) FROM rollup").fetchone()[0] == n
+    db.close()
 
 
 def test_swap_under_load_reaches_every_worker(two_workers, iris, iris_onnx):

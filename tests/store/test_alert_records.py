@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -25,12 +24,22 @@ from nbdeploy.store.alerts import (
 HOOK = "https://hooks.example.com/services/T000/B000/secret-token"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "home")
+def _store(home: str) -> Store:
+    store = Store(home)
     store.register("churn", b"not read here", {"task": "classification"})
     store.set_serving("churn", True)
     return store
+
+
+@pytest.fixture
+def store(store_home: str) -> Store:
+    return _store(store_home)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path) -> Store:
+    """For the checks of a webhook URL, made before the database is touched: one backend is enough."""
+    return _store(str(tmp_path / "store"))
 
 
 def test_alerts_are_listed_in_the_order_they_were_raised(store):
@@ -81,8 +90,8 @@ def test_delivery_attempts_are_recorded_until_sent_or_given_up(store):
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "https://hooks.example.com/x?token=1",
                                  "HTTPS://Example.org", "  https://example.org/padded  "])
-def test_http_and_https_webhooks_are_accepted(store, url):
-    assert set_webhook(store, "churn", url).url == url.strip()
+def test_http_and_https_webhooks_are_accepted(sqlite_store, url):
+    assert set_webhook(sqlite_store, "churn", url).url == url.strip()
 
 
 @pytest.mark.parametrize(("url", "needle"), [
@@ -95,10 +104,10 @@ def test_http_and_https_webhooks_are_accepted(store, url):
     ("", "is an http:// or https:// URL, got ''"),
     (42, "got 42"),
 ])
-def test_other_webhooks_are_refused_with_the_reason(store, url, needle):
+def test_other_webhooks_are_refused_with_the_reason(sqlite_store, url, needle):
     with pytest.raises(InvalidInput, match=re.escape(needle)):
-        set_webhook(store, "churn", url)
-    assert webhooks(store) == {}
+        set_webhook(sqlite_store, "churn", url)
+    assert webhooks(sqlite_store) == {}
 
 
 def test_a_webhook_for_a_model_that_is_not_stored_is_refused(store):
@@ -114,7 +123,7 @@ def test_redacted_urls_keep_the_scheme_and_host_only():
 
 # -- nbdeploy.alerts: the kernel's view ----------------------------------------------------------
 def test_nbdeploy_alerts_lists_the_history_and_sets_or_clears_the_webhook(store):
-    home = str(store.home)
+    home = store.location
     history = nbdeploy.alerts("churn", home=home)
     assert len(history) == 0 and history.webhook is None and history.level == "OK"
     assert "none recorded" in repr(history) and "no webhook" in repr(history)
@@ -131,6 +140,6 @@ def test_nbdeploy_alerts_lists_the_history_and_sets_or_clears_the_webhook(store)
 
 def test_nbdeploy_alerts_refuses_a_bad_url_and_an_unknown_model(store):
     with pytest.raises(InvalidInput, match="http:// or https://"):
-        nbdeploy.alerts("churn", webhook="smtp://mail.example.org", home=str(store.home))
+        nbdeploy.alerts("churn", webhook="smtp://mail.example.org", home=store.location)
     with pytest.raises(UnknownName, match="did you mean 'churn'"):
-        nbdeploy.alerts("churm", home=str(store.home))
+        nbdeploy.alerts("churm", home=store.location)

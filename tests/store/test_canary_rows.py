@@ -20,14 +20,24 @@ from nbdeploy.store.canary import (
 )
 
 
-@pytest.fixture
-def store(tmp_path) -> Store:
-    store = Store(tmp_path)
+def _store(home: str) -> Store:
+    store = Store(home)
     for _ in range(3):
         store.register("iris", b"onnx", {"task": "classification"})
     store.set_alias("iris", PRODUCTION, 1)
     store.set_serving("iris", True)
     return store
+
+
+@pytest.fixture
+def store(store_home: str) -> Store:
+    return _store(store_home)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path) -> Store:
+    """For the checks of a canary's arguments, made before anything is written: one backend is enough."""
+    return _store(str(tmp_path / "store"))
 
 
 def test_a_canary_is_a_row_and_an_alias_until_it_ends(store):
@@ -60,7 +70,7 @@ def test_promotion_moves_production_in_the_alias_history(store):
 def test_several_judges_record_one_outcome(store):
     start_canary(store, "iris", 2, 50.0)
     outcomes: list = []
-    threads = [threading.Thread(target=lambda: outcomes.append(end_canary(Store(store.home), "iris", ABORTED, "x")))
+    threads = [threading.Thread(target=lambda: outcomes.append(end_canary(Store(store.location), "iris", ABORTED, "x")))
                for _ in range(6)]
     for t in threads:
         t.start()
@@ -78,7 +88,8 @@ def test_several_judges_record_one_outcome(store):
     ({"promote_after": 0}, InvalidInput, "positive number"),
     ({"key": "no spaces"}, InvalidInput, "request header"),
 ])
-def test_a_canary_that_cannot_run_is_refused_and_nothing_is_written(store, kwargs, error, message):
+def test_a_canary_that_cannot_run_is_refused_and_nothing_is_written(sqlite_store, kwargs, error, message):
+    store = sqlite_store
     before = (store.aliases("iris"), store.generation())
     args = {"version": 2, "percent": 10.0, **kwargs}
     with pytest.raises(error, match=message):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from logtables import log_db
 
 from nbdeploy.errors import InvalidInput
 from nbdeploy.monitor import reference_profile
@@ -38,8 +39,9 @@ def event(i: int | str, *, n: int = 1, model: str = "m", version: int = 1, statu
                            error=None if status == 200 else "bad input")
 
 
-def db(log: PredictionLog) -> sqlite3.Connection:
-    return sqlite3.connect(log.path)
+def db(log: PredictionLog) -> Any:
+    """A new connection to the log's tables, on the log's backend."""
+    return log_db(log.location.text)
 
 
 def rollup(log: PredictionLog, column: str, model: str = "m") -> int:
@@ -47,8 +49,8 @@ def rollup(log: PredictionLog, column: str, model: str = "m") -> int:
 
 
 @pytest.fixture
-def log(tmp_path: Path):
-    log = PredictionLog(tmp_path, start=False)
+def log(log_home: str):
+    log = PredictionLog(log_home, start=False)
     yield log
     log.close()
 
@@ -94,8 +96,8 @@ def test_latency_histogram_and_buckets(log: PredictionLog) -> None:
     assert len(hist) == N_LATENCY and hist.sum() == 4
 
 
-def test_a_full_queue_drops_and_counts_and_the_count_is_persisted(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, start=False, max_queue=3)
+def test_a_full_queue_drops_and_counts_and_the_count_is_persisted(log_home: str) -> None:
+    log = PredictionLog(log_home, start=False, max_queue=3)
     for i in range(5):
         log.put(event(i))
     assert log.dropped == 2
@@ -116,8 +118,8 @@ def test_put_never_raises_and_bad_events_are_counted(log: PredictionLog) -> None
     assert db(log).execute("SELECT id FROM predictions").fetchall() == [("ok",)]
 
 
-def test_put_after_close_counts_a_drop(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path)
+def test_put_after_close_counts_a_drop(log_home: str) -> None:
+    log = PredictionLog(log_home)
     log.put(event("before"))
     log.close()  # commits what was queued
     log.put(event("after"))
@@ -133,8 +135,8 @@ def test_duplicate_keys_are_logged_once_and_counted_as_dropped(log: PredictionLo
     assert db(log).execute("SELECT inputs FROM predictions").fetchall() == [(b'[1.0,"red"]',)]
 
 
-def test_writer_thread_commits_within_its_interval(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, interval=0.02)
+def test_writer_thread_commits_within_its_interval(log_home: str) -> None:
+    log = PredictionLog(log_home, interval=0.02)
     log.put(event("t"))
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not db(log).execute("SELECT 1 FROM predictions").fetchone():
@@ -143,10 +145,10 @@ def test_writer_thread_commits_within_its_interval(tmp_path: Path) -> None:
     log.close()
 
 
-def test_out_of_range_missing_and_unseen_inputs_are_counted_per_feature(tmp_path: Path) -> None:
+def test_out_of_range_missing_and_unseen_inputs_are_counted_per_feature(log_home: str) -> None:
     train = pd.DataFrame({"a": [0.0, 1.0, 2.0] * 10, "colour": ["red", "blue", "red"] * 10})
     profile = reference_profile(train)
-    log = PredictionLog(tmp_path, profiles=lambda m, v: profile, start=False)
+    log = PredictionLog(log_home, profiles=lambda m, v: profile, start=False)
     for i, (a, colour) in enumerate([(1.0, "red"), (5.0, "blue"), (-1.0, "green"), (float("nan"), "red")]):
         log.put(event(i, a=a, colour=colour))
     log.flush()
@@ -226,8 +228,8 @@ def test_a_payload_that_is_not_feedback_is_refused(log: PredictionLog, payload: 
         log.feedback("m", payload)
 
 
-def test_a_label_may_overtake_its_prediction_in_the_queue(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, interval=30)  # the writer would not commit for 30 s on its own
+def test_a_label_may_overtake_its_prediction_in_the_queue(log_home: str) -> None:
+    log = PredictionLog(log_home, interval=30)  # the writer would not commit for 30 s on its own
     log.put(event("queued"))
     started = time.monotonic()
     assert log.feedback("m", {"id": "queued", "label": 0})["accepted"] == 1
@@ -281,8 +283,8 @@ def test_ids_and_text_labels_are_capped(log: PredictionLog) -> None:
 
 
 # -- large requests and the queue's bounds ------------------------------------------------
-def test_a_large_request_is_written_in_parts_and_counted_once(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, start=False, batch_rows=1_000)
+def test_a_large_request_is_written_in_parts_and_counted_once(log_home: str) -> None:
+    log = PredictionLog(log_home, start=False, batch_rows=1_000)
     log.put(event("big", n=2_500))
     log.put(event("small"))
     log.flush()
@@ -294,8 +296,8 @@ def test_a_large_request_is_written_in_parts_and_counted_once(tmp_path: Path) ->
     log.close()
 
 
-def test_the_queue_is_bounded_by_rows_too(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path, start=False, settings=LogSettings(max_queue_rows=10))
+def test_the_queue_is_bounded_by_rows_too(log_home: str) -> None:
+    log = PredictionLog(log_home, start=False, settings=LogSettings(max_queue_rows=10))
     log.put(event("a", n=6))
     log.put(event("b", n=6))  # 12 rows would wait: dropped, counted
     log.put(event("c", n=4))

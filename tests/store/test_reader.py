@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from logtables import log_db
 
 from nbdeploy.store.batch import BUCKET_SECONDS, N_LATENCY
 from nbdeploy.store.events import PredictionEvent
@@ -28,19 +28,19 @@ def event(i: int | str, *, model: str = "m", version: int = 1, ts: float = T0, s
 
 
 @pytest.fixture
-def log(tmp_path: Path):
-    log = PredictionLog(tmp_path, start=False)
+def log(log_home: str):
+    log = PredictionLog(log_home, start=False)
     yield log
     log.close()
 
 
 @pytest.fixture
-def reader(tmp_path: Path):
-    with LogReader(tmp_path) as reader:
+def reader(log_home: str):
+    with LogReader(log_home) as reader:
         yield reader
 
 
-def test_an_empty_home_reads_as_empty_and_is_not_created(tmp_path: Path, reader: LogReader) -> None:
+def _reads_as_empty(reader: LogReader) -> None:
     assert not reader.exists()
     rollups = reader.rollups("m", 0)
     assert len(rollups) == 0 and rollups.latency.shape == (0, N_LATENCY)
@@ -50,7 +50,17 @@ def test_an_empty_home_reads_as_empty_and_is_not_created(tmp_path: Path, reader:
     assert reader.predictions(["x"]) == {} and reader.labels(["x"]) == {} and reader.labelled_traffic("m") == []
     with reader.consistent():
         pass
+
+
+def test_an_empty_home_reads_as_empty_and_is_not_created(tmp_path: Path) -> None:
+    with LogReader(tmp_path) as reader:
+        _reads_as_empty(reader)
     assert not (tmp_path / "log.db").exists()
+
+
+def test_a_database_without_a_store_reads_as_empty(postgres_url: str) -> None:
+    with LogReader(postgres_url) as reader:
+        _reads_as_empty(reader)
 
 
 def test_rollups_by_name(log: PredictionLog, reader: LogReader) -> None:
@@ -100,14 +110,16 @@ def test_recent_inputs_decode_through_the_columns_table(log: PredictionLog, read
     assert reader.latest_prediction("m", 1) > seq
 
 
-def test_input_counts_sum_over_buckets(tmp_path: Path, reader: LogReader) -> None:
+def test_input_counts_sum_over_buckets(log_home: str, reader: LogReader) -> None:
     profile = {"columns": {"a": {"kind": "numeric", "min": 0.0, "max": 1.0}}}
-    log = PredictionLog(tmp_path, profiles=lambda m, v: profile, start=False)
+    log = PredictionLog(log_home, profiles=lambda m, v: profile, start=False)
     for i, a in enumerate([0.5, 3.0, float("nan")]):
         log.put(event(i, ts=T0 + i * BUCKET_SECONDS, inputs={"a": np.array([a])}))
     log.flush()
     assert reader.input_counts("m", 1, 0) == {"a": InputCounts(n=3, missing=1, out_of_range=1, unseen=0)}
     assert reader.input_counts("m", 1, int(T0 // BUCKET_SECONDS) + 1)["a"].n == 2
+    totals = reader.input_totals("m", 0)
+    assert [type(n) for n in totals[0][2]] == [int] * 4 and sum(c.n for _, _, c in totals) == 3  # ints on both
     log.close()
 
 
@@ -160,7 +172,18 @@ def test_consistent_reads_see_one_state_of_the_log(log: PredictionLog, reader: L
 def test_a_reader_on_a_borrowed_connection_leaves_it_open(log: PredictionLog) -> None:
     log.put(event(1))
     log.flush()
-    db = sqlite3.connect(log.path)
+    db = log_db(log.location.text)
     with LogReader.on(db) as reader:
         assert set(reader.predictions(["1"])) == {"1"}
     assert db.execute("SELECT COUNT(*) FROM predictions").fetchone() == (1,)
+    db.close()
+
+
+def test_recent_answers_say_labelled_with_a_number(log: PredictionLog, reader: LogReader) -> None:
+    log.put(event("p", ts=T0, label=1))
+    log.put(event("q", ts=T0 + 1, label=0))
+    log.flush()
+    log.feedback("m", {"id": "p", "label": 0})
+    rows = reader.recent_answers("m", 1, 10)
+    assert [r[3:] for r in rows] == [(0, None, 0), (1, 0, 1)]
+    assert [type(r[5]) for r in rows] == [int, int]
