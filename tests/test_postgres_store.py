@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,21 @@ def test_two_servers_on_one_database_log_to_one_monitor(two_servers, url, iris):
     assert snap, f"the monitor does not see every label: {dep.health()['labels']}"
     assert snap["traffic"]["requests"] == 2 and snap["labels"]["labelled"] == 25
     assert snap["drift"]["n"] == 25 and snap["version"] == 1
+
+    # either server's /metrics: its own request counter, and the store's figures for every server
+    for base, own in ((a, 1), (b, 1)):
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+        assert _sample(text, "nbdeploy_monitor_requests") == 2
+        assert _sample(text, "nbdeploy_monitor_labelled") == 25
+        assert _sample(text, "nbdeploy_requests_total") == own
+
+
+def _sample(text: str, family: str) -> float:
+    """The value of ``family``'s sample for iris (the first, when it has several label sets)."""
+    for line in text.splitlines():
+        if line.startswith(family + "{") and 'model="iris"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {family} sample for iris in:\n{text[:2000]}")
 
 
 def test_workers_are_told_the_url_out_of_sight_and_share_the_log(url, iris, monkeypatch):

@@ -32,6 +32,10 @@ FAMILIES = {  # name: (help, labels beyond model and version)
     "nbdeploy_monitor_quality": ("Quality of the last labelled predictions, by metric.", ("metric",)),
     "nbdeploy_monitor_baseline": ("Held-out quality recorded at training, by metric.", ("metric",)),
     "nbdeploy_monitor_labelled": ("Predictions with a ground-truth label (monitor history window).", ()),
+    # from the log, so they count every server and worker that logs into the store (nbdeploy_requests
+    # is this process's own count): one figure for the whole deployment, however far it is scaled out
+    "nbdeploy_monitor_requests": ("Requests logged by every server of the store (monitor history window).", ()),
+    "nbdeploy_monitor_error_rate": ("Share of logged requests answered with an error, every server (recent).", ()),
     "nbdeploy_monitor_drift_psi": ("Population stability index of a feature on recent predictions.", ("feature",)),
     "nbdeploy_monitor_drift_level": ("Drift level of a feature: 0 OK, 1 WARN, 2 ALERT.", ("feature",)),
     "nbdeploy_monitor_inputs_out_of_range": ("Values outside the training [min, max], per feature.", ("feature",)),
@@ -56,6 +60,10 @@ def _samples(snap: dict[str, Any]) -> Iterator[tuple[str, list[str], float]]:
             if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield family, [*base, str(metric)], value
     yield "nbdeploy_monitor_labelled", base, (snap.get("labels") or {}).get("labelled", 0)
+    traffic = snap.get("traffic") or {}
+    yield "nbdeploy_monitor_requests", base, traffic.get("requests", 0)
+    if traffic.get("error_rate") is not None:
+        yield "nbdeploy_monitor_error_rate", base, traffic["error_rate"]
     for row in (snap.get("drift") or {}).get("features", []):
         labels = [*base, str(row["feature"])]
         if row.get("psi") is not None:
