@@ -442,6 +442,10 @@ class _PostgresSide(_Side):
 
     def commit(self) -> None:
         self.db.commit()
+        # fresh statistics now rather than when autovacuum next looks: until then the planner takes the
+        # copied log for empty and sorts a model's whole history for "its newest rows"
+        self.db.autocommit = True
+        self.db.execute("ANALYZE")
 
     def rollback(self) -> None:
         self.db.rollback()

@@ -69,12 +69,23 @@ def redact(url: str) -> str:
 
 # -- the SQL -----------------------------------------------------------------------------------
 def ddl(script: str) -> list[str]:
-    """SQLite ``CREATE`` statements as PostgreSQL ones: one table declaration for both backends."""
-    out = []
+    """SQLite ``CREATE`` statements as PostgreSQL ones: one table declaration for both backends.
+
+    Types and generated keys are translated; an index on a table whose ``seq`` is SQLite's rowid
+    gets ``seq`` as its last column, as SQLite's has implicitly."""
+    out, rowid = [], set()
     for statement in script.split(";"):
         s = statement.strip()
         if not s:
             continue
+        table = re.match(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", s, flags=re.I)
+        if table and re.search(r"\bseq\s+INTEGER\s+PRIMARY\s+KEY\b", s, flags=re.I):
+            rowid.add(table.group(1).lower())
+        index = re.match(r"(CREATE\s+INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\s+ON\s+(\w+)\s*\()([^)]*)\)", s, flags=re.I)
+        if index and index.group(2).lower() in rowid and "seq" not in index.group(3):
+            # a SQLite index ends with the rowid (here ``seq``), so "newest rows of a model" is an index
+            # scan there: PostgreSQL's needs the column named to scan in that order rather than sort
+            s = f"{index.group(1)}{index.group(3)}, seq){s[index.end():]}"
         s = re.sub(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY", s, flags=re.I)
         s = re.sub(r"\bseq\s+INTEGER\s+PRIMARY\s+KEY\b", "seq BIGSERIAL PRIMARY KEY", s, flags=re.I)
         s = re.sub(r"\)\s*WITHOUT\s+ROWID\s*$", ")", s, flags=re.I)

@@ -156,3 +156,41 @@ def test_upgrading_where_there_is_no_store_makes_none(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no nbdeploy store at"):
         nbdeploy.upgrade(str(tmp_path / "none"))
     assert not (tmp_path / "none").exists()
+
+
+def _pg_format(url: str) -> int:
+    from nbdeploy.store.postgres import Session
+
+    return int(Session(url, "tests").execute("SELECT MAX(version) FROM nbdeploy_format").fetchone()[0])
+
+
+def test_a_postgresql_store_records_its_format_and_migrates_through_the_same_steps(
+        postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
+    Store(postgres_url).register("iris", b"x", {})
+    assert _pg_format(postgres_url) == FORMAT
+    assert str(nbdeploy.upgrade(postgres_url)).endswith("nothing to upgrade")
+
+    def rewrite(db) -> None:
+        db.execute("UPDATE versions SET status = 'rewritten'")
+
+    monkeypatch.setattr(store_format, "FORMAT", FORMAT + 1)
+    monkeypatch.setattr(store_format, "MIGRATIONS",
+                        (*store_format.MIGRATIONS, Migration(FORMAT + 1, "rewrote every version", False, rewrite)))
+    with pytest.raises(StoreFormatError, match=rf"has format {FORMAT} and this nbdeploy needs format {FORMAT + 1}"):
+        Store(postgres_url)
+    done = nbdeploy.upgrade(postgres_url)
+    assert done.steps == ("rewrote every version",) and done.backup is None
+    assert _pg_format(postgres_url) == FORMAT + 1 and Store(postgres_url).versions("iris")[0].status == "rewritten"
+    monkeypatch.setattr(store_format, "FORMAT", FORMAT)  # this nbdeploy again: the store is too new for it
+    with pytest.raises(StoreFormatError, match=rf"has format {FORMAT + 1}, made by a newer nbdeploy"):
+        Store(postgres_url)
+
+
+def test_upgrading_a_database_without_a_store_makes_none(postgres_url: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
+    with pytest.raises(NotFound, match="no nbdeploy store in postgresql://"):
+        nbdeploy.upgrade(postgres_url)
+    with pytest.raises(NotFound, match="no nbdeploy store in postgresql://"):
+        open_store(postgres_url)
