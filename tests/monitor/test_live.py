@@ -42,8 +42,15 @@ def classify(log: PredictionLog, n: int, *, start: float, shift: float = 0.0, co
 
 
 @pytest.fixture
-def log(tmp_path: Path):
-    log = PredictionLog(tmp_path, profiles=lambda m, v: PROFILE, start=False)
+def home(store_home: str) -> str:
+    """A store on each backend (a directory, then a PostgreSQL database), created."""
+    Store(store_home)
+    return store_home
+
+
+@pytest.fixture
+def log(home: str):
+    log = PredictionLog(home, profiles=lambda m, v: PROFILE, start=False)
     yield log
     log.close()
 
@@ -62,10 +69,10 @@ def test_an_empty_store_gives_an_empty_ok_snapshot(tmp_path: Path) -> None:
     json.dumps(snap, allow_nan=False)
 
 
-def test_traffic_rate_errors_and_latency(tmp_path: Path, log: PredictionLog) -> None:
+def test_traffic_rate_errors_and_latency(home: str, log: PredictionLog) -> None:
     now = time.time()
     classify(log, 600, start=now - 60, errors_every=10, latency=3.0)  # 10 requests/s for 60 s
-    snap = monitor(tmp_path).snapshot(now=now)
+    snap = monitor(home).snapshot(now=now)
     traffic = snap["traffic"]
     assert traffic["requests"] == 600 and traffic["errors"] == 60 and traffic["server_errors"] == 60
     assert traffic["error_rate"] == pytest.approx(0.1)
@@ -86,7 +93,7 @@ def test_percentiles_from_a_histogram() -> None:
     assert percentile_ms(np.zeros(N_LATENCY), 0.5) is None
 
 
-def test_quality_by_count_and_time_against_the_baseline(tmp_path: Path, log: PredictionLog) -> None:
+def test_quality_by_count_and_time_against_the_baseline(home: str, log: PredictionLog) -> None:
     now = time.time()
     ids = classify(log, 400, start=now - 100)
     # labels: the first 200 agree with the prediction, the last 200 are flipped half the time
@@ -96,7 +103,7 @@ def test_quality_by_count_and_time_against_the_baseline(tmp_path: Path, log: Pre
         wrong = i >= 200 and i % 2 == 0
         feedback.append({"id": ident, "label": 1 - predicted if wrong else predicted})
     assert log.feedback("m", feedback)["accepted"] == 400
-    snap = monitor(tmp_path, count_window=100).snapshot(now=now)
+    snap = monitor(home, count_window=100).snapshot(now=now)
     quality = snap["quality"]
     assert quality["current"]["n"] == 100 and quality["current"]["accuracy"] == pytest.approx(0.5)
     assert quality["current"]["roc_auc"] is not None
@@ -110,9 +117,10 @@ def test_quality_by_count_and_time_against_the_baseline(tmp_path: Path, log: Pre
 
 
 def log_label(log: PredictionLog, ident: str) -> int:
-    import sqlite3
+    from nbdeploy.store.reader import LogReader
 
-    return sqlite3.connect(log.path).execute("SELECT label FROM predictions WHERE id = ?", (ident,)).fetchone()[0]
+    with LogReader(log.location.text) as reader:
+        return reader.predictions([ident])[ident].label
 
 
 def test_regression_quality(tmp_path: Path) -> None:
@@ -133,10 +141,10 @@ def test_regression_quality(tmp_path: Path) -> None:
     log.close()
 
 
-def test_drift_out_of_range_and_unseen_inputs(tmp_path: Path, log: PredictionLog) -> None:
+def test_drift_out_of_range_and_unseen_inputs(home: str, log: PredictionLog) -> None:
     now = time.time()
     classify(log, 100, start=now - 30, shift=4.0, colour="green")
-    mon = monitor(tmp_path)
+    mon = monitor(home)
     snap = mon.snapshot(now=now)
     assert snap["drift"]["overall"] == "ALERT" and set(snap["drift"]["drifted_features"]) == {"x", "colour"}
     assert snap["inputs"]["colour"]["unseen"] == 100
@@ -157,11 +165,11 @@ def test_dropped_events_show_in_the_snapshot(tmp_path: Path) -> None:
     log.close()
 
 
-def test_the_alert_callback_runs_when_the_level_changes(tmp_path: Path, log: PredictionLog) -> None:
+def test_the_alert_callback_runs_when_the_level_changes(home: str, log: PredictionLog) -> None:
     calls = []
     now = time.time()
     classify(log, 50, start=now - 10, latency=1.0)
-    mon = monitor(tmp_path, thresholds=AlertThresholds(p99_latency_ms_warn=5, p99_latency_ms_alert=50),
+    mon = monitor(home, thresholds=AlertThresholds(p99_latency_ms_warn=5, p99_latency_ms_alert=50),
                   on_alert=lambda status, snap: calls.append(status["level"]))
     mon.snapshot(now=now)
     assert calls == []
@@ -177,24 +185,24 @@ def test_the_alert_callback_runs_when_the_level_changes(tmp_path: Path, log: Pre
     assert "on_alert callback raised RuntimeError: no pager" in mon.snapshot(now=now)["notes"]
 
 
-def test_context_comes_from_the_store_production_version(tmp_path: Path, log: PredictionLog) -> None:
-    store = Store(tmp_path / "home")
+def test_context_comes_from_the_store_production_version(home: str, log: PredictionLog) -> None:
+    store = Store(home)
     for _ in range(2):
         store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE,
                                       "metrics": {"task": "classification", "metrics": {"accuracy": 0.99}}})
     store.set_alias("m", "production", 2)
     classify(log, 40, start=time.time() - 5, version=2)
-    snap = Monitor(tmp_path, "m", store=store).snapshot()
+    snap = Monitor(home, "m", store=store).snapshot()
     assert snap["version"] == 2 and snap["task"] == "classification"
     assert snap["quality"]["baseline"] == {"accuracy": 0.99} and snap["drift"]["n"] == 40
 
 
 
-def test_without_production_the_latest_logged_version_may_be_deleted(tmp_path: Path, log: PredictionLog) -> None:
-    store = Store(tmp_path / "home")
+def test_without_production_the_latest_logged_version_may_be_deleted(home: str, log: PredictionLog) -> None:
+    store = Store(home)
     store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE})
     classify(log, 20, start=time.time() - 5, version=2)  # logged by a version no longer in the store
-    snap = Monitor(tmp_path, "m", store=store).snapshot()
+    snap = Monitor(home, "m", store=store).snapshot()
     assert snap["version"] == 2 and snap["traffic"]["requests"] == 20
 
 
@@ -212,10 +220,10 @@ def sample(name: str, **labels: str) -> tuple[str, frozenset]:
     return name, frozenset({"model": "m", "version": "1", **labels}.items())
 
 
-def test_snapshots_render_as_prometheus_gauges(tmp_path: Path, log: PredictionLog) -> None:
+def test_snapshots_render_as_prometheus_gauges(home: str, log: PredictionLog) -> None:
     from nbdeploy.serve.monitoring import ServerMonitors
 
-    store = Store(tmp_path)
+    store = Store(home)
     store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE,
                                   "baseline": {"accuracy": 0.9}})
     ids = classify(log, 60, start=time.time() - 10, shift=4.0, colour="green")
@@ -232,10 +240,10 @@ def test_snapshots_render_as_prometheus_gauges(tmp_path: Path, log: PredictionLo
     assert ServerMonitors(store).text([]) == ""
 
 
-def test_server_monitors_render_every_served_model(tmp_path: Path, log: PredictionLog) -> None:
+def test_server_monitors_render_every_served_model(home: str, log: PredictionLog) -> None:
     from nbdeploy.serve.monitoring import ServerMonitors
 
-    store = Store(tmp_path)
+    store = Store(home)
     store.register("m", b"onnx", {"task": "classification", "classes": [0, 1], "profile": PROFILE})
     store.set_alias("m", "production", 1)
     classify(log, 40, start=time.time() - 5)
