@@ -3,11 +3,13 @@ runtime in step with the store."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,6 +33,7 @@ from nbdeploy.serve.responses import INTERNAL, error_headers, error_response
 from nbdeploy.serve.routes import ROUTES, routes
 from nbdeploy.serve.runtime import Runtime
 from nbdeploy.serve.security import LOOPBACK_HOSTS, Guard, check_settings
+from nbdeploy.serve.worker_metrics import WorkerMetrics
 from nbdeploy.store import Store
 from nbdeploy.store.events import EventSink, NullSink
 
@@ -56,11 +59,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: ServeConfig | None = None,
                sink: EventSink | None = None, token: str | None = None,
                hosts: frozenset[str] = LOOPBACK_HOSTS, extra_routes: Sequence[BaseRoute] = (),
-               max_body: int | None = None) -> Starlette:
+               max_body: int | None = None, worker_metrics: Path | None = None) -> Starlette:
     """The server for one store. The lifespan loads what the store says to serve, then follows it.
 
     ``token`` (when set) is required on every route but the health checks; ``hosts`` are the
-    ``Host`` names accepted; ``sink`` receives one event per inference request.
+    ``Host`` names accepted; ``sink`` receives one event per inference request. ``worker_metrics`` (a
+    worker of ``nbdeploy serve --workers N``) is the directory where the workers share their traffic
+    counters, so that ``/metrics`` shows the whole server's (serve/worker_metrics.py).
     """
     config = config or ServeConfig()
     if max_body is not None:
@@ -69,6 +74,7 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     metrics = Metrics()
     runtime = Runtime(store, config, metrics)
     ctx = ServerContext(runtime=runtime, metrics=metrics, config=config)
+    shared = WorkerMetrics(worker_metrics) if worker_metrics is not None else None  # the server's other workers
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -98,10 +104,16 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
                             workers=config.workers > 1)
         if config.alert_interval > 0:
             alerting.start()  # the one judge of stored alerts, and their webhooks (serve/alerting.py)
+        publishing = None if shared is None else asyncio.get_running_loop().create_task(
+            shared.publish(metrics, dropped))  # on the event loop, where the counters change
         try:
             yield
         finally:
             ctx.draining = True
+            if publishing is not None:
+                publishing.cancel()  # writes a last snapshot
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
             ctx.refusals.flush()
             stop.set()
             thread.join(timeout=5)
@@ -124,9 +136,14 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
     app.state.ctx = ctx
     app.state.runtime = runtime
     app.state.sink = sink if sink is not None else NullSink()
+
+    def dropped() -> int:
+        return int(getattr(app.state.sink, "dropped", 0))
+
     ctx.registry.register(TrafficCollector(metrics, loaded=runtime.loaded, load_failures=lambda: len(runtime.failed),
-                                           dropped=lambda: int(getattr(app.state.sink, "dropped", 0)),
-                                           log_health=lambda: log_details(app.state).get("prediction_log")))
+                                           dropped=dropped,
+                                           log_health=lambda: log_details(app.state).get("prediction_log"),
+                                           combine=shared.combine if shared is not None else None))
     if callable(getattr(sink, "feedback", None)):
         app.state.log = sink  # the prediction log also takes feedback (see serve/feedback.py)
         app.state.monitors = ServerMonitors(store)  # quality, drift and alert gauges on /metrics

@@ -88,16 +88,25 @@ class TrafficCollector(Collector):
 
     Collect on the event loop, where requests are counted: the request counters are dicts that a
     request may grow while another thread iterates them.
+
+    ``combine`` (a worker of ``nbdeploy serve --workers N``) adds the other workers' counters to this
+    one's (:mod:`nbdeploy.serve.worker_metrics`): traffic and dropped events are then the server's
+    sums, while what is loaded now stays this worker's own (every worker loads the same versions).
     """
 
     def __init__(self, metrics: Metrics, *, loaded: Callable[[], Loaded], load_failures: Callable[[], int],
-                 dropped: Callable[[], int], log_health: Callable[[], dict | None] = lambda: None) -> None:
+                 dropped: Callable[[], int], log_health: Callable[[], dict | None] = lambda: None,
+                 combine: Callable[[Metrics, int], tuple[Metrics, int]] | None = None) -> None:
         self.metrics = metrics
         self.loaded, self.load_failures, self.dropped = loaded, load_failures, dropped
         self.log_health = log_health
+        self.combine = combine
 
     def collect(self) -> Iterator[Metric]:
-        versions = sorted(self.metrics.versions.items())
+        metrics, dropped = self.metrics, self.dropped()
+        if self.combine is not None:
+            metrics, dropped = self.combine(metrics, dropped)
+        versions = sorted(metrics.versions.items())
         by_version = ["model", "version"]
         requests = CounterMetricFamily("nbdeploy_requests",
                                        "Inference requests by model, version, protocol and status.",
@@ -116,7 +125,7 @@ class TrafficCollector(Collector):
             latency.add_metric([name, version], stats.latency.buckets(), stats.latency.sum)
             batches.add_metric([name, version], stats.batches.buckets(), stats.batches.sum)
         # requests that named no served model count under empty labels: paths never become labels
-        unresolved = sorted(self.metrics.unresolved.items())
+        unresolved = sorted(metrics.unresolved.items())
         for (protocol, status), n in unresolved:
             requests.add_metric(["", "", protocol, str(status)], n)
         errors.add_metric(["", ""], sum(n for (_, status), n in unresolved if status >= 400))
@@ -124,7 +133,7 @@ class TrafficCollector(Collector):
 
         rejected = CounterMetricFamily("nbdeploy_rejected", "Requests refused before reaching a route, by reason.",
                                        labels=["reason"])
-        for reason, n in sorted(self.metrics.rejected.items()):
+        for reason, n in sorted(metrics.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
         loaded = GaugeMetricFamily("nbdeploy_model_loaded", "Versions loaded now (1), with whether they batch.",
@@ -135,7 +144,7 @@ class TrafficCollector(Collector):
         yield GaugeMetricFamily("nbdeploy_model_load_failures", "Versions the server could not load.",
                                 value=self.load_failures())
         yield CounterMetricFamily("nbdeploy_log_dropped", "Prediction events the log could not keep.",
-                                  value=self.dropped())
+                                  value=dropped)
         health = self.log_health()
         if health is not None:
             yield GaugeMetricFamily("nbdeploy_prediction_log_ok", "1 while the prediction log writes; 0 when it "

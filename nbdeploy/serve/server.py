@@ -116,15 +116,17 @@ def run(home: str | Path | None = None, host: str = "127.0.0.1", port: int = 0, 
 
 
 def serve_socket(store: Store, sock: socket.socket, host: str, log_level: str, config: ServeConfig,
-                 allow_hosts: tuple[str, ...], sink: EventSink) -> None:
+                 allow_hosts: tuple[str, ...], sink: EventSink, worker: bool = False) -> None:
     """Serve the store on an already listening socket until SIGTERM/SIGINT (one process, or one worker)."""
     import uvicorn
 
+    from nbdeploy.serve import worker_metrics
     from nbdeploy.serve.app import create_app, draining
 
     token = None if is_loopback(host) else load_or_create_token(store.home)
     app = create_app(store, config=config, sink=sink, token=token,
-                     hosts=allowed_hosts(host, (*allow_hosts, *browser_hosts())))
+                     hosts=allowed_hosts(host, (*allow_hosts, *browser_hosts())),
+                     worker_metrics=worker_metrics.directory(store.home) if worker else None)  # /metrics sums workers
     limits = connection_settings(config.header_timeout_s, config.body_timeout_s, config.max_connections)
     uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", loop="auto",
                                timeout_graceful_shutdown=10, server_header=False, date_header=False, **limits)
@@ -172,6 +174,8 @@ def config_env(config: ServeConfig) -> dict[str, str]:
 def supervise(store: Store, sock: socket.socket, config: ServeConfig, *, host: str, log_level: str,
               allow_hosts: tuple[str, ...] = ()) -> int:
     """Run ``config.workers`` workers on ``sock`` until a signal stops them; returns the exit code."""
+    from nbdeploy.serve import worker_metrics
+
     fd = sock.fileno()
     os.set_inheritable(fd, True)
     where, store_env = store_arguments(store)
@@ -182,6 +186,7 @@ def supervise(store: Store, sock: socket.socket, config: ServeConfig, *, host: s
     env = {**os.environ, **config_env(config), **store_env}
     procs: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     state = {"signals": 0}
+    worker_metrics.clear(store.home)  # a new server's /metrics starts from zero; a restarted worker's file stays
 
     def spawn() -> None:
         # its own process group: a terminal's Ctrl-C reaches the parent only, which drains the workers
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     _logging(store, args.log_level)
     sock = socket.socket(fileno=args.fd)
     serve_socket(store, sock, args.host, args.log_level, ServeConfig.from_env(), tuple(args.allow_host),
-                 make_sink(store))
+                 make_sink(store), worker=True)
     log.info("worker %d stopped", os.getpid())
     return 0
 
