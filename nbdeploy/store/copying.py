@@ -323,6 +323,7 @@ class _PostgresSide(_Side):
                                       application_name="nbdeploy-copy")
         except psycopg.Error as exc:
             raise CopyError(f"cannot connect to {self.shown}: {_reason(exc)}") from None
+        self.sql = postgres.Bound(self.db)  # the store's SQL (format, tables, keys) on this connection
         self._cursors = 0
         self._types: dict[str, dict[str, str]] = {}
 
@@ -332,9 +333,7 @@ class _PostgresSide(_Side):
             return cur.fetchall() if cur.description is not None else []
 
     def tables(self) -> set[str]:
-        return {r[0] for r in self.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-            "AND table_type = 'BASE TABLE'")}
+        return set(postgres.tables(self.sql))
 
     def types(self, table: str) -> dict[str, str]:
         if table not in self._types:
@@ -347,11 +346,7 @@ class _PostgresSide(_Side):
         return list(self.types(table))
 
     def key(self, table: str) -> list[str]:
-        key = [r[0] for r in self.execute(
-            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-            "ORDER BY array_position(i.indkey, a.attnum)", (table,))]
-        return key or self.columns(table)
+        return postgres.primary_key(self.sql, table) or self.columns(table)
 
     def order(self, table: str, key: Sequence[str]) -> str:
         """``ORDER BY`` in SQLite's order: text by its bytes (``COLLATE "C"``), not by the database's locale."""
@@ -435,10 +430,7 @@ class _PostgresSide(_Side):
         return {f: hashlib.sha256(bytes(d)).hexdigest() for f, d in rows}
 
     def stamp(self, version: int) -> None:
-        # format.stamp's PostgreSQL form, on this connection so the format commits with the rows
-        self.db.execute("CREATE TABLE IF NOT EXISTS nbdeploy_format (version INTEGER NOT NULL)")
-        self.db.execute("DELETE FROM nbdeploy_format")
-        self.db.execute("INSERT INTO nbdeploy_format (version) VALUES (%s)", (version,))
+        store_format.stamp(self.sql, version)  # on this connection: the format commits with the rows
 
     def commit(self) -> None:
         self.db.commit()

@@ -425,6 +425,24 @@ class Session:
         self.rollback_if_open()
 
 
+class Bound(Session):
+    """The store's SQL on one connection its caller owns, inside the caller's transaction (``nbdeploy
+    store copy`` writes a whole store in one): the same translation as a :class:`Session`, no pool."""
+
+    def __init__(self, conn: Any) -> None:
+        self.url, self.scope, self.lock_timeout_ms = "", "", None
+        self._held = conn
+
+    def _begin(self, statement: Statement) -> Result:
+        raise psycopg.ProgrammingError("a bound session runs in its owner's transaction")
+
+    def _end(self, rollback: bool) -> Result:
+        raise psycopg.ProgrammingError("a bound session runs in its owner's transaction")
+
+    def close(self) -> None:
+        """The connection stays its owner's."""
+
+
 def _execute(conn: Any, statement: Statement, params: Sequence[Any]) -> Result:
     with conn.cursor() as cur:
         cur.execute(statement.sql, tuple(statement.params(params)))
@@ -462,5 +480,5 @@ def primary_key(db: Session, table: str) -> list[str]:
         "WHERE i.indrelid = ?::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)", (table,))]
 
 
-__all__ = ["SCHEMES", "Row", "Session", "available", "close_pools", "ddl", "errors", "is_transient", "lock_key",
-           "primary_key", "redact", "table_columns", "tables", "translate"]
+__all__ = ["SCHEMES", "Bound", "Row", "Session", "available", "close_pools", "ddl", "errors", "is_transient",
+           "lock_key", "primary_key", "redact", "table_columns", "tables", "translate"]
