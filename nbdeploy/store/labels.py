@@ -206,6 +206,10 @@ def record(db: Any, model: str, parsed: list[tuple[int, str, Any]], errors: list
     deltas: dict[tuple[str, int, int], list[float]] = {}
     now = time.time()
     existing = dict(existing)
+    # written after the loop, a statement each (one round trip per batch on PostgreSQL, not per label);
+    # inserts before updates: a key labelled twice in one request is inserted, then updated
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
     for index, ident, label in parsed:
         target = targets[ident]
         problem = _not_recordable(ident, model, target.pred) if isinstance(target, Target) else target
@@ -221,17 +225,19 @@ def record(db: Any, model: str, parsed: list[tuple[int, str, Any]], errors: list
                 unchanged += 1
                 continue
             add = [a - b for a, b in zip(add, _contribution(pred.label, existing[key]), strict=True)]
-            db.execute("UPDATE feedback SET label = ?, updates = updates + 1 WHERE id = ?", (label, key))
+            updates.append((label, key))
             updated += 1
             add.insert(0, 0)
         else:
-            db.execute("INSERT INTO feedback (id, model, version, label, ts, pred_seq, pred_ts) VALUES "
-                       "(?,?,?,?,?,?,?)", (key, model, pred.version, label, now, pred.seq, pred.ts))
+            inserts.append((key, model, pred.version, label, now, pred.seq, pred.ts))
             add.insert(0, 1)
         existing[key] = label
         acc = deltas.setdefault((model, pred.version, int(pred.ts // bucket_seconds)), [0, 0, 0, 0.0, 0.0])
         for i, value in enumerate(add):
             acc[i] += value
+    db.executemany("INSERT INTO feedback (id, model, version, label, ts, pred_seq, pred_ts) VALUES (?,?,?,?,?,?,?)",
+                   inserts)
+    db.executemany("UPDATE feedback SET label = ?, updates = updates + 1 WHERE id = ?", updates)
     db.executemany(_ROLLUP_ADD, [(*key, *values) for key, values in deltas.items()])
     errors.sort(key=lambda e: e["index"])
     return {"accepted": accepted, "updated": updated, "unchanged": unchanged, "errors": errors}
