@@ -130,6 +130,15 @@ class PostgresServer:
                 self._teardown()
                 raise
 
+    def restart(self) -> None:
+        """Restart the running server on its port (``-m fast``: open connections are closed, as in a
+        maintenance restart or a failover); clients must reconnect."""
+        with self._lock:
+            assert self.directory is not None and self.port is not None, "the server is not running"
+            self._run("pg_ctl", "-D", str(self._datadir), "-m", "fast", "-w", "-t", "60", "stop",
+                      directory=self.directory)
+            self._start_postmaster(self.port)
+
     def stop(self) -> None:
         """Stop the server at once (``-m immediate``: nothing in it is worth a clean shutdown) and remove its
         directory. Idempotent."""
@@ -155,11 +164,13 @@ class PostgresServer:
         assert self.directory is not None
         return self.directory / "data"
 
-    def _start_postmaster(self) -> None:
+    def _start_postmaster(self, port: int | None = None) -> None:
+        """Start on ``port``, else on a free port (tried again if another process takes it first)."""
         assert self.directory is not None
         log = self.directory / "server.log"
-        for attempt in range(START_ATTEMPTS):
-            port = _free_port()
+        fixed = port
+        for attempt in range(1 if fixed else START_ATTEMPTS):
+            port = fixed or _free_port()
             options = " ".join([
                 "-c listen_addresses=127.0.0.1", f"-p {port}", f"-k {self.directory}",
                 # fsync and full_page_writes off: a throwaway server needs no crash safety, and tests run faster
@@ -172,7 +183,7 @@ class PostgresServer:
                 self.port = port
                 return
             log_text = log.read_text(errors="replace") if log.exists() else ""
-            if "could not bind" not in log_text or attempt == START_ATTEMPTS - 1:
+            if "could not bind" not in log_text or fixed or attempt == START_ATTEMPTS - 1:
                 raise RuntimeError(f"pg_ctl start failed ({result.returncode}):\n{result.stdout}{result.stderr}\n"
                                    f"server.log:\n{log_text[-4000:]}")
 

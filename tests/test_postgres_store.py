@@ -233,3 +233,32 @@ def test_workers_are_told_the_url_out_of_sight_and_share_the_log(url, iris, monk
         assert snap and snap["traffic"]["requests"] == 10 and snap["labels"]["labelled"] == 40
     finally:
         nbdeploy.shutdown(url)
+
+
+def test_a_database_restart_under_a_running_server_loses_no_prediction_or_label(postgres, iris, tmp_path,
+                                                                                  monkeypatch):
+    """A maintenance restart or failover of PostgreSQL while the server serves: the pool reconnects, the
+    writer retries, and every prediction and label reaches the log."""
+    import pgserver
+
+    X, y, model = iris
+    own = pgserver.PostgresServer()  # restarted below: not the session's shared server
+    own.start()
+    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
+    home = own.fresh_database()
+    try:
+        dep = nbdeploy.deploy(model, X, name="iris", home=home)
+        for start in range(0, 20, 2):
+            dep.predict(X.iloc[start:start + 2])
+        own.restart()
+        for start in range(20, 60, 2):
+            np.testing.assert_array_equal(dep.predict(X.iloc[start:start + 2]), model.predict(X.iloc[start:start + 2]))
+        _, ids = dep.predict(X.head(3), return_ids=True)
+        assert dep.feedback(ids, y.head(3))["accepted"] == 3
+        snap = _eventually(lambda: (s := dep.health())["traffic"]["requests"] >= 31 and s)
+        assert snap, dep.health()["traffic"]
+        assert snap["traffic"]["requests"] == 31 and snap["traffic"]["dropped"] == 0
+        assert snap["labels"]["labelled"] == 3
+    finally:
+        nbdeploy.shutdown(home)
+        own.stop()
