@@ -116,8 +116,16 @@ def prepare(db: Any, shown: str, create: Callable[[], None], *, upgrade: bool = 
     create()  # tables and columns added since (CREATE TABLE IF NOT EXISTS: new tables for an older store)
     if version == FORMAT:
         return []
-    if version == 0:  # a new store: nothing to migrate
-        stamp(db, FORMAT)
+    if version == 0:  # a new store: nothing to migrate (under the write lock: another process may be creating it)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if found(db) in (0, LEGACY):  # LEGACY: created, not yet stamped; a stamp another process made stays
+                stamp(db, FORMAT)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         return []
     manual = [m for m in due(version) if not m.automatic]
     if manual and not upgrade:

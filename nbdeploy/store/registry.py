@@ -96,8 +96,10 @@ CREATE TABLE IF NOT EXISTS worker_served (
     pid INTEGER NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, error TEXT,
     PRIMARY KEY (pid, name, version))
 """
-# A PostgreSQL store's version files (a SQLite store keeps them as files under models/).
+# A PostgreSQL store's version files (a SQLite store keeps them as files under models/), and its format
+# (SQLite's is the file's user_version).
 FILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nbdeploy_format (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     name TEXT NOT NULL, version INTEGER NOT NULL, filename TEXT NOT NULL, sha256 TEXT NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (name, version, filename))

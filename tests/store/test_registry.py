@@ -252,11 +252,11 @@ def test_a_store_made_before_server_start_times_were_recorded_opens(tmp_path):
 
 
 def test_concurrent_registrations_get_distinct_versions(store_home):
-    """Several kernels deploying at once (processes, each its own connection) never share a number."""
+    """Several kernels deploying at once (processes, each its own connection) into a store none of them
+    has made yet: it is made once, and no number is given twice."""
     import concurrent.futures
     import multiprocessing
 
-    Store(store_home)  # created once, then raced
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as pool:
         numbers = list(pool.map(_register, [store_home] * 12))
