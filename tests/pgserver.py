@@ -139,6 +139,22 @@ class PostgresServer:
                       directory=self.directory)
             self._start_postmaster(self.port)
 
+    def halt(self) -> None:
+        """Stop the server but keep its data (an outage); :meth:`resume` starts it again on its port."""
+        with self._lock:
+            assert self.directory is not None and self.port is not None, "the server is not running"
+            self._run("pg_ctl", "-D", str(self._datadir), "-m", "fast", "-w", "-t", "60", "stop",
+                      directory=self.directory)
+
+    def up(self) -> bool:
+        """Whether the server accepts connections now (False between :meth:`halt` and :meth:`resume`)."""
+        return self.directory is not None and (self._datadir / "postmaster.pid").exists()
+
+    def resume(self) -> None:
+        with self._lock:
+            assert self.directory is not None and self.port is not None, "the server was never started"
+            self._start_postmaster(self.port)
+
     def stop(self) -> None:
         """Stop the server at once (``-m immediate``: nothing in it is worth a clean shutdown) and remove its
         directory. Idempotent."""

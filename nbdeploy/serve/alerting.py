@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from nbdeploy.serve import rounds
 from nbdeploy.serve.monitoring import ServerMonitors
 from nbdeploy.serve.process import pid_alive
 from nbdeploy.serve.urls import public_url
@@ -120,4 +121,4 @@ class Alerting:
             if self.is_judge():
                 step()
         except Exception:
-            log.exception(failure)
+            rounds.failed(failure)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.serve import rounds
 from nbdeploy.serve.alerting import Alerting
 from nbdeploy.serve.canary import CanaryGuard
 from nbdeploy.serve.config import ServeConfig
@@ -86,7 +87,7 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
                     ctx.canaries.refresh()  # before the swap, so a new canary alias finds its route (serve/canary.py)
                     runtime.sync()
                 except Exception:  # keep following: one bad read must not freeze the server
-                    log.exception("cannot sync with the store")
+                    rounds.failed("cannot sync with the store")
 
         await run_in_threadpool(ctx.canaries.refresh)
         await run_in_threadpool(runtime.sync, True)

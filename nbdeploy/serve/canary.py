@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nbdeploy.serve import rounds
 from nbdeploy.serve.metrics import VersionStats
 from nbdeploy.serve.runtime import Runtime
 from nbdeploy.store import PRODUCTION, Store
@@ -82,7 +83,7 @@ class CanaryRouter:
         try:
             running = running_canaries(self.store)
         except Exception:  # keep the routes it has: a failed read must not stop the store follower's sync
-            log.exception("cannot read the running canaries")
+            rounds.failed("cannot read the running canaries")
             return
         routes = {c.name: Route(c.version, c.percent, (c.key or CLIENT_HEADER).lower().encode("latin-1"))
                   for c in running}
@@ -132,7 +133,7 @@ class CanaryGuard:
             try:
                 self.check()
             except Exception:  # keep guarding: one bad read must not stop the thread
-                log.exception("cannot judge the running canaries")
+                rounds.failed("cannot judge the running canaries")
 
     def check(self) -> list[Canary]:
         """Judge every running canary of the models served here once; returns those this call ended."""

@@ -32,16 +32,32 @@ from typing import Any
 
 import orjson
 
+from nbdeploy.errors import InvalidInput, Unavailable
+
 try:
     import psycopg
     from psycopg import pq
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    class OutOfReach(psycopg.OperationalError, Unavailable):
+        """The store's database cannot be reached now (503): a database error to the store's own retries
+        (:func:`is_transient`), a one-line error naming the URL (without its password) to a user."""
+
+        def __init__(self, message: str) -> None:
+            psycopg.OperationalError.__init__(self, message)
+            self.message, self.status = message, Unavailable.status
+
+        def __str__(self) -> str:
+            return self.message
 except ImportError:  # the PostgreSQL backend is an extra: pip install 'nbdeploy[postgres]'
     psycopg = None  # type: ignore[assignment]
 
 SCHEMES = ("postgresql://", "postgres://")
 POOL_SIZE = int(os.environ.get("NBDEPLOY_PG_POOL", "8"))  # connections per process and database
 CONNECT_TIMEOUT_S = 10.0
+# How long a statement waits for a pooled connection: while the database is out of reach, a label
+# gets its 503 (and a background round its "trying again") in seconds, not half a minute
+POOL_WAIT_S = float(os.environ.get("NBDEPLOY_PG_WAIT", "5"))
 # Tables whose INSERT OR REPLACE needs a conflict target, and the generated-id tables (lastrowid).
 KEYS = {"aliases": ("name", "alias"), "columns": ("model", "version"), "state": ("key",),
         "webhooks": ("name",), "models": ("name",)}
@@ -58,7 +74,6 @@ def available() -> bool:
 
 def require() -> None:
     if psycopg is None:
-        from nbdeploy.errors import InvalidInput
         raise InvalidInput("a PostgreSQL store needs psycopg: pip install 'nbdeploy[postgres]'")
 
 
@@ -272,16 +287,34 @@ def pool(url: str) -> Any:
         try:
             psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
         except psycopg.Error as exc:
-            from nbdeploy.errors import Unavailable
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unavailable(f"cannot connect to {redact(url)}: {redact(reason)}") from None
+            raise OutOfReach(f"cannot connect to {redact(url)}: {redact(reason)}") from None
         found = _POOLS[key] = ConnectionPool(
-            url, min_size=1, max_size=max(2, POOL_SIZE), open=False, timeout=30.0,
+            url, min_size=1, max_size=max(2, POOL_SIZE), open=False, timeout=POOL_WAIT_S,
             kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": int(CONNECT_TIMEOUT_S),
                     "application_name": "nbdeploy"},
             check=ConnectionPool.check_connection, name=f"nbdeploy-{os.getpid()}")
         found.open(wait=False)
         return found
+
+
+def renew(url: str) -> Any:
+    """A new pool for ``url`` when the database answers a direct connection, else None.
+
+    After an outage a pool reconnects with a growing backoff (seconds, then minutes); once the
+    database is back, serving waits for none of it. The old pool is closed: connections still out
+    are discarded when they come back.
+    """
+    try:
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+    except psycopg.Error:
+        return None
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        old = _POOLS.pop(key, None)
+    if old is not None:
+        old.close(timeout=0)
+    return pool(url)
 
 
 def close_pools() -> None:
@@ -386,13 +419,29 @@ class Session:
     def _run(self, work: Any) -> Result:
         if self._held is not None:
             return work(self._held)
-        with self._pool.connection() as conn:
+        owner, conn = self._checkout()
+        try:
             return work(conn)
+        finally:
+            owner.putconn(conn)
+
+    def _checkout(self) -> tuple[Any, Any]:
+        """A connection and the pool it goes back to. A pool that found the database gone retries with a
+        growing backoff: once the database answers again, a new pool serves at once (:func:`renew`)."""
+        try:
+            owner = self._pool
+            return owner, owner.getconn()
+        except PoolTimeout as exc:
+            fresh = renew(self.url)
+            if fresh is None:
+                raise OutOfReach(f"the store's database {redact(self.url)} is out of reach for now ({exc}); "
+                                 "try again") from None
+            return fresh, fresh.getconn()
 
     def _begin(self, statement: Statement) -> Result:
         if self._held is not None:
             raise psycopg.ProgrammingError("a transaction is already open on this session")
-        conn = self._pool.getconn()
+        owner, conn = self._checkout()
         try:
             conn.execute(statement.sql)
             if statement.begin == "write":
@@ -400,9 +449,9 @@ class Session:
                     conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.scope),))
         except BaseException:
-            self._pool.putconn(conn)
+            owner.putconn(conn)  # the pool rolls back what is left open
             raise
-        self._held = conn
+        self._held, self._owner = conn, owner
         return Result([], -1)
 
     def _end(self, rollback: bool) -> Result:
@@ -414,7 +463,7 @@ class Session:
         finally:
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:  # a broken connection: pool replaces it
                 conn.close()
-            self._pool.putconn(conn)
+            self._owner.putconn(conn)
         return Result([], -1)
 
     def rollback_if_open(self) -> None:
