@@ -1,4 +1,4 @@
-"""A 20-second soak on each store backend through the real server (benchmarks/soak.py; run it longer there)."""
+"""A 15-second soak on each store backend through the real server (benchmarks/soak.py; run it longer there)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-SECONDS = 20  # on each backend; benchmarks/soak.py runs longer
+SECONDS = 15  # on each backend; benchmarks/soak.py runs longer
 RSS_MB = 500  # the monitor's first /metrics scrape loads pandas, SciPy and scikit-learn in the server
 
 
