@@ -237,77 +237,75 @@ def test_workers_are_told_the_url_out_of_sight_and_share_the_log(url, iris, monk
         nbdeploy.shutdown(url)
 
 
-def test_a_database_restart_under_a_running_server_loses_no_prediction_or_label(postgres, iris, tmp_path,
-                                                                                  monkeypatch):
-    """A maintenance restart or failover of PostgreSQL while the server serves: the pool reconnects, the
-    writer retries, and every prediction and label reaches the log."""
+@pytest.fixture
+def own_database(postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
+    """A PostgreSQL server of the test's own (it is stopped or restarted: not the session's shared one) and
+    a store's URL on it; the store's server is shut down and the database brought back afterwards."""
     import pgserver
 
-    X, y, model = iris
-    own = pgserver.PostgresServer()  # restarted below: not the session's shared server
+    own = pgserver.PostgresServer()
     own.start()
     monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
     home = own.fresh_database()
     try:
-        dep = nbdeploy.deploy(model, X, name="iris", home=home)
-        for start in range(0, 20, 2):
-            dep.predict(X.iloc[start:start + 2])
-        own.restart()
-        for start in range(20, 60, 2):
-            np.testing.assert_array_equal(dep.predict(X.iloc[start:start + 2]), model.predict(X.iloc[start:start + 2]))
-        _, ids = dep.predict(X.head(3), return_ids=True)
-        assert dep.feedback(ids, y.head(3))["accepted"] == 3
-        snap = _eventually(lambda: (s := dep.health())["traffic"]["requests"] >= 31 and s)
-        assert snap, dep.health()["traffic"]
-        assert snap["traffic"]["requests"] == 31 and snap["traffic"]["dropped"] == 0
-        assert snap["labels"]["labelled"] == 3
-    finally:
-        nbdeploy.shutdown(home)
-        own.stop()
-
-
-def test_while_the_database_is_down_answers_go_on_and_labels_get_a_quick_503(postgres, iris, tmp_path, monkeypatch):
-    """An outage of the store's database: the server answers from the versions it holds; a label gets
-    503 with Retry-After within seconds (and the kernel a one-line error); once the database is back,
-    labels are taken again."""
-    import pgserver
-
-    X, y, model = iris
-    own = pgserver.PostgresServer()  # stopped below: not the session's shared server
-    own.start()
-    monkeypatch.setenv("NBDEPLOY_LOCAL_DIR", str(tmp_path / "local"))
-    home = own.fresh_database()
-    try:
-        dep = nbdeploy.deploy(model, X, name="iris", home=home)
-        base = dep.url.split("/v2/")[0]
-        signature = Signature.from_dict(Store(home).resolve("iris").meta["signature"])
-        _, ids = _predict(base, signature, X.head(3))
-        own.halt()
-        labels, _ = _predict(base, signature, X.iloc[3:9])
-        np.testing.assert_array_equal(labels, model.predict(X.iloc[3:9]))
-        started = time.monotonic()
-        request = urllib.request.Request(f"{base}/v2/models/iris/feedback", method="POST",
-                                         data=json.dumps([{"id": ids[0], "label": int(y.iloc[0])}]).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as answer:
-            urllib.request.urlopen(request, timeout=60)
-        assert answer.value.code == 503 and answer.value.headers["Retry-After"]
-        assert time.monotonic() - started < 15, "a label waited far longer than the pool's wait"
-        started = time.monotonic()
-        with pytest.raises(NbdeployError, match="out of reach") as exc:
-            dep.feedback(ids, y.head(3))
-        assert time.monotonic() - started < 15 and PASSWORD not in str(exc.value)
-        own.resume()
-        deadline, result = time.monotonic() + 30, None
-        while result is None:  # sent again once the database is back, as a client told 503 + Retry-After does
-            try:
-                result = _feedback(base, ids, y.head(3))
-            except NbdeployError:
-                assert time.monotonic() < deadline, "labels are still refused 30 s after the database came back"
-                time.sleep(1)
-        assert result["accepted"] == 3
+        yield own, home
     finally:
         if own.running and not own.up():
             own.resume()
         nbdeploy.shutdown(home)
         own.stop()
+
+
+def test_a_database_restart_under_a_running_server_loses_no_prediction_or_label(own_database, iris):
+    """A maintenance restart or failover of PostgreSQL while the server serves: the pool reconnects, the
+    writer retries, and every prediction and label reaches the log."""
+    X, y, model = iris
+    own, home = own_database
+    dep = nbdeploy.deploy(model, X, name="iris", home=home)
+    for start in range(0, 20, 2):
+        dep.predict(X.iloc[start:start + 2])
+    own.restart()
+    for start in range(20, 60, 2):
+        np.testing.assert_array_equal(dep.predict(X.iloc[start:start + 2]), model.predict(X.iloc[start:start + 2]))
+    _, ids = dep.predict(X.head(3), return_ids=True)
+    assert dep.feedback(ids, y.head(3))["accepted"] == 3
+    snap = _eventually(lambda: (s := dep.health())["traffic"]["requests"] >= 31 and s)
+    assert snap, dep.health()["traffic"]
+    assert snap["traffic"]["requests"] == 31 and snap["traffic"]["dropped"] == 0
+    assert snap["labels"]["labelled"] == 3
+
+
+def test_while_the_database_is_down_answers_go_on_and_labels_get_a_quick_503(own_database, iris):
+    """An outage of the store's database: the server answers from the versions it holds; a label gets
+    503 with Retry-After within seconds (and the kernel a one-line error); once the database is back,
+    labels are taken again."""
+    X, y, model = iris
+    own, home = own_database
+    dep = nbdeploy.deploy(model, X, name="iris", home=home)
+    base = dep.url.split("/v2/")[0]
+    signature = Signature.from_dict(Store(home).resolve("iris").meta["signature"])
+    _, ids = _predict(base, signature, X.head(3))
+    own.halt()
+    labels, _ = _predict(base, signature, X.iloc[3:9])
+    np.testing.assert_array_equal(labels, model.predict(X.iloc[3:9]))
+    started = time.monotonic()
+    request = urllib.request.Request(f"{base}/v2/models/iris/feedback", method="POST",
+                                     data=json.dumps([{"id": ids[0], "label": int(y.iloc[0])}]).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    assert answer.value.code == 503 and answer.value.headers["Retry-After"]
+    assert time.monotonic() - started < 15, "a label waited far longer than the pool's wait"
+    started = time.monotonic()
+    with pytest.raises(NbdeployError, match="out of reach") as exc:
+        dep.feedback(ids, y.head(3))
+    assert time.monotonic() - started < 15 and PASSWORD not in str(exc.value)
+    own.resume()
+    deadline, result = time.monotonic() + 30, None
+    while result is None:  # sent again once the database is back, as a client told 503 + Retry-After does
+        try:
+            result = _feedback(base, ids, y.head(3))
+        except NbdeployError:
+            assert time.monotonic() < deadline, "labels are still refused 30 s after the database came back"
+            time.sleep(1)
+    assert result["accepted"] == 3
