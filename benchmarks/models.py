@@ -49,6 +49,14 @@ class BenchModel:
             return orjson.dumps({"inputs": data})
         return orjson.dumps({"data": data})
 
+    def save_onnx(self, path: Path) -> Path:
+        """nbdeploy's ONNX conversion of the model (what nbdeploy serves), for the FastAPI + ONNX Runtime peer."""
+        from nbdeploy.convert.conversion import to_onnx
+        from nbdeploy.signature import from_sample
+
+        path.write_bytes(to_onnx(self.estimator, from_sample(self.X)).onnx_bytes)
+        return path
+
     def save_pickle(self, path: Path) -> Path:
         with open(path, "wb") as fh:
             pickle.dump((self.estimator, self.columns), fh)

@@ -1,5 +1,7 @@
 """The peers, each in its own virtual environment under benchmarks/.venvs: a plain FastAPI +
-scikit-learn endpoint, MLflow's ``mlflow models serve`` and a minimal BentoML service.
+scikit-learn endpoint, the same FastAPI endpoint running nbdeploy's ONNX conversion in ONNX Runtime
+(what one would write by hand after converting), MLflow's ``mlflow models serve`` and a minimal
+BentoML service.
 
 Each is installed on first use; a peer that cannot be installed is skipped with a message.
 Peers load the scikit-learn model with pickle: that is the benchmark's own file, never nbdeploy's.
@@ -26,6 +28,7 @@ def _sklearn_pin() -> str:
 
 PACKAGES = {
     "fastapi": ["fastapi", "uvicorn[standard]", "pandas"],
+    "fastapi-onnx": ["fastapi", "uvicorn[standard]", "onnxruntime"],
     "mlflow": ["mlflow>=3,<4"],
     "bentoml": ["bentoml>=1.4,<2", "pandas"],
 }
@@ -67,6 +70,26 @@ async def predict(request: Request):
     return {"predictions": model.predict(X).tolist()}
 '''
 
+FASTAPI_ONNX_APP = '''
+import os
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI, Request
+app = FastAPI()
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(os.environ["PEER_ONNX"], options, providers=["CPUExecutionProvider"])
+names = [i.name for i in session.get_inputs()]
+label = session.get_outputs()[0].name
+
+@app.post("/predict")
+async def predict(request: Request):
+    body = await request.json()
+    X = np.asarray(body["data"], dtype=np.float32)
+    feeds = {n: X[:, j:j + 1] for j, n in enumerate(names)} if len(names) > 1 else {names[0]: X}
+    return {"predictions": session.run([label], feeds)[0].tolist()}
+'''
+
 BENTO_SERVICE = '''
 import os, pickle
 import numpy as np, pandas as pd
@@ -106,9 +129,16 @@ class PeerCommand:
 
 
 def command(peer: str, python: Path, model_pickle: Path, columns: list[str] | None, width: int, port: int,
-            work: Path) -> PeerCommand:
+            work: Path, model_onnx: Path | None = None) -> PeerCommand:
     # the peer's own bin first: MLflow starts `uvicorn` by name
-    env = {**os.environ, "PEER_MODEL": str(model_pickle), "PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PEER_MODEL": str(model_pickle), "PEER_ONNX": str(model_onnx or ""),
+           "PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
+    if peer == "fastapi-onnx":
+        app = work / "fastapi_onnx_app.py"
+        app.write_text(FASTAPI_ONNX_APP)
+        argv = [str(python), "-m", "uvicorn", "fastapi_onnx_app:app", "--port", str(port), "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        return PeerCommand(peer, argv, env, "/predict", work)
     if peer == "fastapi":
         app = work / "fastapi_app.py"
         app.write_text(FASTAPI_APP)

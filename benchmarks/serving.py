@@ -6,9 +6,12 @@
     .venv/bin/python benchmarks/serving.py --ray           # plain server vs Ray Serve, 1 and 2 replicas
 
 Servers: (a) the floor (raw ASGI, uvicorn + uvloop + httptools, constant answer), (b) nbdeploy
-(`nbdeploy serve`, validation and prediction logging on), (c) FastAPI + scikit-learn, (d) MLflow
-`mlflow models serve`, (e) a minimal BentoML service. Load: wrk, single-row and 100-row requests at
-concurrency 1 and 16, each cell median of ``--rounds`` interleaved rounds. Writes docs/performance.md.
+(`nbdeploy serve`, validation and prediction logging on), (c) FastAPI + scikit-learn, (d) FastAPI +
+ONNX Runtime on nbdeploy's conversion, (e) MLflow `mlflow models serve`, (f) a minimal BentoML service.
+With ``--baseline DIR``, also the nbdeploy package found in DIR (the code before a change), for the
+logistic regression, log on and off, in the same interleaved rounds. Load: wrk, single-row and 100-row requests at
+concurrency 1 and 16, each cell median of ``--rounds`` interleaved rounds; then start-up, memory, a
+monitor snapshot over 1 M logged predictions and a profile. Writes docs/performance.md.
 """
 
 from __future__ import annotations
@@ -67,11 +70,12 @@ def peer_server(peer: str, model: bench_models.BenchModel, work: Path) -> harnes
     port = harness.free_port()
     pickle_path = model.save_pickle(work / f"{model.name}.pkl")
     try:
-        cmd = peers.command(peer, python, pickle_path, model.columns, model.width, port, work)
+        onnx_path = model.save_onnx(work / f"{model.name}.onnx") if peer == "fastapi-onnx" else None
+        cmd = peers.command(peer, python, pickle_path, model.columns, model.width, port, work, onnx_path)
     except Exception as exc:  # e.g. MLflow cannot save the model
         print(f"[skip] {peer}: {exc}", flush=True)
         return None
-    ready = {"fastapi": "/docs", "mlflow": "/ping", "bentoml": "/readyz"}[peer]
+    ready = {"fastapi": "/docs", "fastapi-onnx": "/docs", "mlflow": "/ping", "bentoml": "/readyz"}[peer]
     return harness.Server(peer, cmd.argv, f"http://127.0.0.1:{port}{ready}", f"http://127.0.0.1:{port}{cmd.path}",
                           cmd.cwd, cmd.env)
 
@@ -130,6 +134,21 @@ def measure_startup(work: Path, model, repeats: int = 5) -> dict:
         rss.append(server.rss_mb())
         server.stop()
     return {"startup_s": statistics.median(times), "rss_mb": max(rss)}
+
+
+def measure_monitor() -> float | None:
+    """Median monitor snapshot over 1 M logged predictions on SQLite (benchmarks/monitor_refresh.py), in ms."""
+    import re
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(HERE / "monitor_refresh.py"), "1000000", "--backend", "sqlite"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    found = re.search(r"snapshot: median (\d+) ms", out.stdout)
+    if found is None:
+        print(f"[skip] monitor snapshot: {(out.stdout + out.stderr).strip()[-400:]}", flush=True)
+        return None
+    print(out.stdout.strip(), flush=True)
+    return float(found.group(1))
 
 
 def measure_workers(work: Path, wrk_bin: str, args) -> list[str]:
@@ -194,7 +213,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5, help="seconds per cell (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells report the median")
     parser.add_argument("--models", default="lr,rf,mlp")
-    parser.add_argument("--peers", default="fastapi,mlflow,bentoml", help="comma list, or 'none'")
+    parser.add_argument("--peers", default="fastapi,fastapi-onnx,mlflow,bentoml", help="comma list, or 'none'")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s cells, one round, no peers")
     parser.add_argument("--workers-only", action="store_true",
@@ -235,7 +254,7 @@ def main() -> None:
         else:
             servers.append(nbdeploy_server("nbdeploy", work, [model]))
             servers.append(nbdeploy_server("nbdeploy, log off", work, [model], log="off"))
-            if args.baseline:  # the same server from another copy of the code, in the same interleaved rounds
+            if args.baseline and model.name == "lr":  # the same server from another copy of the code, same rounds
                 base = Path(args.baseline).resolve()
                 servers.append(nbdeploy_server("baseline", work, [model], code=base))
                 servers.append(nbdeploy_server("baseline, log off", work, [model], log="off", code=base))
@@ -244,11 +263,12 @@ def main() -> None:
             servers += [peer_server(p, model, work) for p in peer_names]
         results += measure_model(model, servers, work, wrk_bin, args)
     startup = measure_startup(work, built[0])
+    monitor_ms = None if args.quick else measure_monitor()
     profile = None if args.no_profile else report.profile_nbdeploy(
         nbdeploy_server("nbdeploy profiled", work, [built[0]]), work, wrk_bin,
         body_file(work, harness.Server("v2", [], "", "", HERE), built[0], 1))
     text = report.render(results, startup, profile, args, time.time() - started,
-                         {m.name: m.title for m in built})
+                         {m.name: m.title for m in built}, monitor_ms)
     Path(args.out).write_text(text)
     print(text)
 

@@ -165,7 +165,7 @@ def replica_app(home: str, config: dict[str, Any] | None = None, require_token: 
     hosts = frozenset(LOOPBACK_HOSTS | {h.lower() for h in allow_hosts})
     if prediction_log is None:
         prediction_log = store.where.is_postgres
-    sink = make_sink(store) if prediction_log else NullSink()
+    sink = make_sink(store, process=False) if prediction_log else NullSink()  # a replica keeps to its process
     app = create_app(view, config=ServeConfig(**(config or {})), sink=sink,  # type: ignore[arg-type]
                      token=token, hosts=hosts, poll_seconds=1.0)
     view.pin(None)

@@ -47,14 +47,24 @@ log = logging.getLogger("nbdeploy.server")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def make_sink(store: Store) -> EventSink:
+def make_sink(store: Store, process: bool | None = None) -> EventSink:
     """The store's prediction log (``log.db``, or the PostgreSQL store's tables), or a NullSink when
-    ``NBDEPLOY_PREDICTION_LOG=off``."""
+    ``NBDEPLOY_PREDICTION_LOG=off``.
+
+    Its writer is a process of its own unless ``process`` is False or ``NBDEPLOY_LOG_WRITER=thread``: a
+    thread in the server's process shares the GIL with the event loop, and their convoy costs the server
+    several times the writer's own work (see :mod:`nbdeploy.store.logprocess`).
+    """
     if os.environ.get("NBDEPLOY_PREDICTION_LOG", "on").lower() in ("0", "off", "false", "no"):
         return NullSink()
-    from nbdeploy.store.log import PredictionLog, registry_profiles
+    from nbdeploy.store.log import open_sink
 
-    return PredictionLog(store.location, profiles=registry_profiles(store))
+    if process is None:
+        writer = os.environ.get("NBDEPLOY_LOG_WRITER", "process").lower()
+        if writer not in ("process", "thread"):
+            raise InvalidInput(f"NBDEPLOY_LOG_WRITER must be 'process' or 'thread', got {writer!r}")
+        process = writer == "process"
+    return open_sink(store, process=process)
 
 
 def _logging(store: Store, level: str) -> None:

@@ -27,8 +27,17 @@ URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 DEFAULT_HOME = ".nbdeploy"  # beside the notebook, like MLflow's ./mlruns
 LOCAL_ENV = "NBDEPLOY_LOCAL_DIR"  # where this machine keeps a PostgreSQL store's local files
 
-#: Every error either backend raises for a database problem (``except database.Error``).
-Error: tuple[type[BaseException], ...] = (sqlite3.Error, *postgres.errors())
+
+
+def __getattr__(name: str) -> Any:
+    """``Error``: every error either backend raises for a database problem (``except database.Error``).
+
+    Worked out when asked (an ``except`` clause asks when an exception passes through it), because
+    psycopg is imported only once a PostgreSQL store is used (:func:`nbdeploy.store.postgres.load`).
+    """
+    if name == "Error":
+        return (sqlite3.Error, *postgres.errors())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,6 @@ def transient(exc: BaseException) -> bool:
 
 __all__ = [
     "LOCAL_ENV",
-    "Error",
     "Location",
     "connect",
     "is_postgres",

@@ -55,6 +55,7 @@ from nbdeploy.store.batch import BUCKET_SECONDS, LATENCY_EDGES_MS, N_LATENCY, ro
 from nbdeploy.store.events import PredictionEvent
 from nbdeploy.store.labels import label_key
 from nbdeploy.store.logfile import LogFile, connect
+from nbdeploy.store.logprocess import ProcessWriter
 from nbdeploy.store.reader import LOG_FILE, LogReader
 from nbdeploy.store.settings import read_env
 from nbdeploy.store.writer import LogWriter, Profiles
@@ -112,34 +113,38 @@ class PredictionLog:
     ``profiles(model, version)`` returns a version's reference profile (or None), for the
     per-feature out-of-range/unseen counts; see :func:`registry_profiles`. With ``start=False``
     there is no writer thread: :meth:`flush` writes the queue in the calling thread.
-    ``settings`` default to :meth:`LogSettings.from_env`.
+    ``settings`` default to :meth:`LogSettings.from_env`. With ``process`` the writer is a process of
+    its own (:mod:`nbdeploy.store.logprocess`: the server's request path only packs events), which reads
+    the reference profiles from the store's registry itself (``profiles`` is then not used).
     """
 
     def __init__(self, home: str | Path, *, profiles: Profiles | None = None, max_queue: int = 50_000,
                  batch_rows: int = 10_000, interval: float = 0.05, start: bool = True,
-                 settings: LogSettings | None = None) -> None:
+                 settings: LogSettings | None = None, process: bool = False) -> None:
         self.location = database.locate(home)
         self.path = self.location.directory / LOG_FILE  # on PostgreSQL only a name: messages show the URL
         if not self.location.is_postgres:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         settings = settings if settings is not None else LogSettings.from_env()
         self.file = LogFile(self.path, settings.feedback_timeout_s, self.location.url)
-        self.writer = LogWriter(self.file, settings, profiles=profiles, max_queue=max_queue, batch_rows=batch_rows,
-                                interval=interval, start=start)
+        self.writer: LogWriter | ProcessWriter
+        if process:  # the server: its request path only packs events (see nbdeploy.store.logprocess)
+            self.writer = ProcessWriter(self.location.text, self.file.shown, settings, max_queue=max_queue,
+                                        batch_rows=batch_rows, interval=interval)
+        else:
+            self.writer = LogWriter(self.file, settings, profiles=profiles, max_queue=max_queue,
+                                    batch_rows=batch_rows, interval=interval, start=start)
         self._readers = threading.local()
         self._reader_list: list[LogReader] = []
 
     @property
     def error(self) -> str | None:
         """Why the log is not writing now; None while it is."""
-        return self.file.error
+        return self.writer.health()["error"]
 
     def health(self) -> dict[str, Any]:
         """Whether the log is writing (``ok``), and what it lost or recovered: for readiness and ``/metrics``."""
-        f = self.file
-        return {"ok": f.ok, "error": f.error, "recoveries": f.recoveries,
-                "recovered_from": f.recovered_from.name if f.recovered_from else None,
-                "dropped": self.dropped, "queued_rows": self.writer.queued_rows}
+        return self.writer.health()
 
     # -- the sink and its writer ---------------------------------------------------------
     def put(self, event: PredictionEvent) -> None:
@@ -204,6 +209,7 @@ class PredictionLog:
         """
         parsed, errors = labels.parse(items)
         f = self.file
+        f.follow()  # the writer (another process) may have set an unreadable file aside for a fresh one
         if f.feedback is None:
             raise LogUnavailable(f"this server's prediction log is unavailable ({f.error}): no label recorded")
         try:
@@ -283,9 +289,10 @@ def registry_profiles(store: Any) -> Profiles:
     return profile
 
 
-def open_sink(store: Any) -> PredictionLog:
-    """The server's event sink for ``store``: its prediction log, with out-of-range checks from the registry."""
-    return PredictionLog(store.location, profiles=registry_profiles(store))
+def open_sink(store: Any, process: bool = False) -> PredictionLog:
+    """The server's event sink for ``store``: its prediction log, with out-of-range checks from the registry;
+    with ``process``, written by a process of its own (:mod:`nbdeploy.store.logprocess`)."""
+    return PredictionLog(store.location, profiles=registry_profiles(store), process=process)
 
 
 feedback_status = labels.status_of

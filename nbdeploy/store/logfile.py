@@ -265,6 +265,20 @@ class LogFile:
         self.error = None
         log.error("%s; the predictions before it stay in %s", detail, moved)
 
+    def follow(self) -> None:
+        """Open the file again when another process (a writer process, another worker) has set the one this
+        holds aside and started a fresh one: labels must go to the log predictions go to."""
+        if self.url is not None or self._ident is None:
+            return
+        now = identity(self.path)
+        if now is None or now == self._ident:
+            return
+        with contextlib.suppress(sqlite3.Error, OSError), self.write_lock, self.feedback_lock:
+            if identity(self.path) != self._ident:
+                self._close()
+                self._connect()
+                self.error = None
+
     def reopen(self) -> None:
         """Try again a file that could not be opened (locked at start, a passing I/O error); the writer
         thread calls it now and then while there is no file, and predictions are counted as dropped."""

@@ -34,23 +34,48 @@ import orjson
 
 from nbdeploy.errors import InvalidInput, Unavailable
 
-try:
-    import psycopg
-    from psycopg import pq
-    from psycopg_pool import ConnectionPool, PoolTimeout
+# psycopg is imported on first use (:func:`load`): a SQLite store's processes, the server's log writer
+# among them, never pay its ≈ 20 MB and its import time. These names are set then.
+psycopg: Any = None
+pq: Any = None
+ConnectionPool: Any = None
+PoolTimeout: Any = None
+OutOfReach: Any = None
+_load_lock = threading.Lock()
 
-    class OutOfReach(psycopg.OperationalError, Unavailable):
-        """The store's database cannot be reached now (503): a database error to the store's own retries
-        (:func:`is_transient`), a one-line error naming the URL (without its password) to a user."""
 
-        def __init__(self, message: str) -> None:
-            psycopg.OperationalError.__init__(self, message)
-            self.message, self.status = message, Unavailable.status
+def load() -> bool:
+    """Import psycopg and its pool (once); False when the ``postgres`` extra is not installed."""
+    global psycopg, pq, ConnectionPool, PoolTimeout, OutOfReach
+    if psycopg is not None:
+        return True
+    with _load_lock:
+        if psycopg is not None:
+            return True
+        try:
+            import psycopg as driver
+            from psycopg import pq as driver_pq
+            from psycopg_pool import ConnectionPool as Pool
+            from psycopg_pool import PoolTimeout as Timeout
+        except ImportError:  # the PostgreSQL backend is an extra: pip install 'nbdeploy[postgres]'
+            return False
 
-        def __str__(self) -> str:
-            return self.message
-except ImportError:  # the PostgreSQL backend is an extra: pip install 'nbdeploy[postgres]'
-    psycopg = None  # type: ignore[assignment]
+        class _OutOfReach(driver.OperationalError, Unavailable):
+            """The store's database cannot be reached now (503): a database error to the store's own retries
+            (:func:`is_transient`), a one-line error naming the URL (without its password) to a user."""
+
+            def __init__(self, message: str) -> None:
+                driver.OperationalError.__init__(self, message)
+                self.message, self.status = message, Unavailable.status
+
+            def __str__(self) -> str:
+                return self.message
+
+        _OutOfReach.__name__ = _OutOfReach.__qualname__ = "OutOfReach"
+        pq, ConnectionPool, PoolTimeout, OutOfReach = driver_pq, Pool, Timeout, _OutOfReach
+        psycopg = driver  # last: it says the others are set
+    return True
+
 
 SCHEMES = ("postgresql://", "postgres://")
 POOL_SIZE = int(os.environ.get("NBDEPLOY_PG_POOL", "8"))  # connections per process and database
@@ -69,11 +94,11 @@ _COLUMNS_RE = re.compile(r"^\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+(\w+)\s*\(([^)]*)
 
 
 def available() -> bool:
-    return psycopg is not None
+    return load()
 
 
 def require() -> None:
-    if psycopg is None:
+    if not load():
         raise InvalidInput("a PostgreSQL store needs psycopg: pip install 'nbdeploy[postgres]'")
 
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from nbdeploy.errors import Unavailable
 from nbdeploy.store import database, logfile, retention, writes
 from nbdeploy.store.batch import BUCKET_SECONDS, Batch, Part, Rules, compile_rules, event_rows, new_roll
 from nbdeploy.store.events import PredictionEvent
@@ -93,6 +94,18 @@ class LogWriter:
     def queued_rows(self) -> int:
         return max(self._rows_in - self._rows_out, 0)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting (a large one partly taken counts until its last part is)."""
+        return len(self._queue) + (self._carry is not None)
+
+    def health(self) -> dict[str, Any]:
+        """Whether the log is writing (``ok``), and what it lost or recovered: for readiness and ``/metrics``."""
+        f = self.file
+        return {"ok": f.ok, "error": f.error, "recoveries": f.recoveries,
+                "recovered_from": f.recovered_from.name if f.recovered_from else None,
+                "dropped": self.dropped, "queued_rows": self.queued_rows}
+
     # -- the sink ------------------------------------------------------------------------
     def put(self, event: PredictionEvent) -> None:
         """Queue one event for the writer. Never blocks, never raises: beyond the bounds it counts a drop."""
@@ -109,6 +122,12 @@ class LogWriter:
                 self._wake.set()
         except Exception:  # the request path must never see a logging failure
             self._drop([Part(event, 0, 1, 1)])
+
+    def count_dropped(self, key: tuple[str, int, int], n: int) -> None:
+        """``n`` requests of ``(model, version, bucket)`` dropped before they reached this writer (by the
+        server of a writer process): into that bucket's rollup with the next commit."""
+        with self._lock:
+            self._unsaved_drops[key] += n
 
     def _drop(self, parts: Iterable[Part]) -> None:
         """Count what will not be logged: a request once (with its first rows), and every row."""
@@ -158,14 +177,19 @@ class LogWriter:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            try:
-                self._drain(maintain=True)
-                if self._since_trim >= TRIM_ROWS and _TRIM is not None:  # a big request's garbage back to the system
-                    self._since_trim = 0
-                    _TRIM(0)
-            except Exception:  # a bug: the thread must live on, or every later prediction is lost unseen
-                self._warn("bug", "the prediction log writer failed; it carries on", exc_info=True)
+            self.step()
         self._drain()
+
+    def step(self) -> None:
+        """Commit what is queued, then retention when due (the writer thread's round; a writer process
+        calls it from its own loop)."""
+        try:
+            self._drain(maintain=True)
+            if self._since_trim >= TRIM_ROWS and _TRIM is not None:  # a big request's garbage back to the system
+                self._since_trim = 0
+                _TRIM(0)
+        except Exception:  # a bug: the writer must live on, or every later prediction is lost unseen
+            self._warn("bug", "the prediction log writer failed; it carries on", exc_info=True)
 
     def _drain(self, maintain: bool = False) -> None:
         """Write everything queued, ``batch_rows`` rows per transaction; with ``maintain``, retention
@@ -325,6 +349,10 @@ class LogWriter:
         if key not in self._rules:
             try:
                 self._rules[key] = compile_rules(self.profiles(model, version) if self.profiles else None)
+            except (*database.Error, Unavailable) as exc:  # the registry out of reach for now: ask again next time
+                self._warn("profile", "cannot read the reference profile of %s version %s for now: %s", model,
+                           version, _first_line(exc))
+                return {}
             except Exception:
                 log.exception("cannot read the reference profile of %s version %s", model, version)
                 self._rules[key] = {}

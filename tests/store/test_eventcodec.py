@@ -1,0 +1,76 @@
+"""store/eventcodec.py: a prediction event as bytes for the log's writer process, and back, exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nbdeploy.store.eventcodec import pack, unpack
+from nbdeploy.store.events import PredictionEvent
+
+
+def event(**changes) -> PredictionEvent:
+    base = dict(id="0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", ts=1_765_000_000.123456, model="churn", version=3,
+                inputs={"age": np.array([[31.0], [47.5]], np.float32), "plan": np.array([["basic"], ["pro"]], object)},
+                outputs={"label": np.array([0, 1]), "probabilities": np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)},
+                latency_ms=0.42, status=200, error=None, client_id=None)
+    base.update(changes)
+    return PredictionEvent(**base)
+
+
+def same(a: PredictionEvent, b: PredictionEvent) -> None:
+    assert (a.id, a.ts, a.model, a.version, a.latency_ms, a.status, a.error, a.client_id) == \
+           (b.id, b.ts, b.model, b.version, b.latency_ms, b.status, b.error, b.client_id)
+    for mine, theirs in ((a.inputs, b.inputs), (a.outputs, b.outputs)):
+        assert list(mine) == list(theirs)  # order too: the log names columns in it
+        for name in mine:
+            x, y = np.asarray(mine[name]), theirs[name]
+            assert (x.dtype, x.shape) == (y.dtype, y.shape), name
+            assert x.tolist() == y.tolist(), name
+
+
+def test_a_served_prediction_comes_back_exactly() -> None:
+    original = event(client_id="my-request-7")
+    same(original, unpack(pack(original)))
+
+
+def test_numbers_keep_their_dtype_and_bits() -> None:
+    original = event(inputs={"x": np.array([[0.1, -0.0, 1e-30]], np.float64), "n": np.array([[2**40]], np.int64),
+                             "flag": np.array([[True]]), "small": np.array([[1.5]], np.float16)},
+                     outputs={"variable": np.array([[3.25]], np.float32)})
+    back = unpack(pack(original))
+    same(original, back)
+    assert back.inputs["x"].tobytes() == original.inputs["x"].tobytes()
+
+
+def test_a_refused_request_keeps_its_raw_values() -> None:
+    """What a client sent that failed validation: strings in a number column, nulls, NaN, raw bytes."""
+    raw = np.array([["12", None, math.nan, b"\xffraw"]], dtype=object)
+    original = event(inputs={"age": raw}, outputs={}, status=400, error="input 'age': 'abc' is not a number")
+    back = unpack(pack(original))
+    assert back.status == 400 and back.error == original.error and back.outputs == {}
+    # as the log writes them: NaN as null, bytes decoded
+    assert back.inputs["age"].tolist() == [["12", None, None, "\ufffdraw"]]
+
+
+def test_a_column_view_of_a_wide_tensor_is_packed_as_its_values() -> None:
+    wide = np.arange(12, dtype=np.float32).reshape(4, 3)
+    original = event(inputs={"a": wide[:, 1:2], "b": wide[:, 2:3]}, outputs={"label": np.arange(4)})
+    same(original, unpack(pack(original)))
+
+
+def test_unicode_names_and_values() -> None:
+    original = event(model="préstamo", inputs={"región": np.array([["São Paulo"]], object)},
+                     outputs={"label": np.array(["sí"], object)}, error=None, client_id="ü")
+    same(original, unpack(pack(original)))
+
+
+@pytest.mark.parametrize("cut", [1, 10, 40, -1])
+def test_damaged_bytes_are_refused_not_misread(cut: int) -> None:
+    data = pack(event())
+    with pytest.raises(ValueError, match="packed prediction event"):
+        unpack(data[:cut])
+    with pytest.raises(ValueError, match="packed prediction event"):
+        unpack(data + b"\x00")
