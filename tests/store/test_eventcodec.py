@@ -67,9 +67,23 @@ def test_unicode_names_and_values() -> None:
     same(original, unpack(pack(original)))
 
 
+def numeric() -> PredictionEvent:
+    return event(inputs={"age": np.array([[31.0], [47.5]], np.float32), "n": np.array([[1], [2]])})
+
+
+def test_requests_of_one_kind_share_one_description() -> None:
+    """Two answers of one kind (names, dtypes, widths) differ only in their values and row counts."""
+    one, two = numeric(), event(inputs={"age": np.array([[1.0]], np.float32), "n": np.array([[7]])},
+                                outputs={"label": np.array([1]), "probabilities": np.array([[0.5, 0.5]], np.float32)})
+    same(one, unpack(pack(one)))
+    same(two, unpack(pack(two)))
+    assert len(pack(one)) - len(pack(two)) == 4 + 8 + 8 + 2 * 4  # one more row: its values, no more description
+
+
+@pytest.mark.parametrize("make", [event, numeric])
 @pytest.mark.parametrize("cut", [1, 10, 40, -1])
-def test_damaged_bytes_are_refused_not_misread(cut: int) -> None:
-    data = pack(event())
+def test_damaged_bytes_are_refused_not_misread(cut: int, make) -> None:
+    data = pack(make())
     with pytest.raises(ValueError, match="packed prediction event"):
         unpack(data[:cut])
     with pytest.raises(ValueError, match="packed prediction event"):
