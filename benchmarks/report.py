@@ -25,6 +25,9 @@ predictions ≤ 100 ms; start-up to ready ≤ 1 s and resident memory ≤ 150 MB
 interleaved rounds as "now", this tree."""
 
 
+HAND_WRITTEN = "<!-- Written by hand below this line: benchmarks/serving.py keeps it when it rewrites the file. -->"
+
+
 def _median(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows]
     return statistics.median(values) if values else float("nan")

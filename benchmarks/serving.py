@@ -269,7 +269,10 @@ def main() -> None:
         body_file(work, harness.Server("v2", [], "", "", HERE), built[0], 1))
     text = report.render(results, startup, profile, args, time.time() - started,
                          {m.name: m.title for m in built}, monitor_ms)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.index(report.HAND_WRITTEN):] if report.HAND_WRITTEN in old else report.HAND_WRITTEN + "\n"
+    out.write_text(text.rstrip("\n") + "\n\n" + kept)  # the notes written by hand about earlier runs stay
     print(text)
 
 
