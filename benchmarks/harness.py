@@ -109,6 +109,19 @@ class Server:
             pids += [int(c) for c in children]
         return total / tick
 
+    def settle(self, quiet_s: float = 0.3, limit_s: float = 120.0) -> float:
+        """Wait until the server and its children stop using CPU (a log writer catching up after a burst),
+        so that work lands in this server's figures, not in the next one's; returns the seconds waited."""
+        started = time.monotonic()
+        before = self.cpu_seconds()
+        while time.monotonic() - started < limit_s:
+            time.sleep(quiet_s)
+            now = self.cpu_seconds()
+            if now - before < 0.05 * quiet_s:  # under 5 % of a core: idle (the server's own timers)
+                break
+            before = now
+        return time.monotonic() - started
+
     def post(self, body: bytes) -> tuple[int, bytes]:
         request = urllib.request.Request(self.score_url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})

@@ -38,7 +38,9 @@ def _cells(results: list[dict]) -> dict[tuple, dict]:
     for r in results:
         grouped[r["model"], r["server"], r["rows"], r["conc"]].append(r)
     return {k: {"rps": _median(v, "rps"), "p50": _median(v, "p50"), "p99": _median(v, "p99"),
-                "errors": sum(r["errors"] for r in v), "rss": max(r["rss"] for r in v)} for k, v in grouped.items()}
+                "errors": sum(r["errors"] for r in v), "rss": max(r["rss"] for r in v),
+                "cpu": _median([r for r in v if "cpu_us" in r], "cpu_us"),
+                "settle": max((r.get("settle_s", 0.0) for r in v), default=0.0)} for k, v in grouped.items()}
 
 
 def table(results: list[dict], titles: dict[str, str]) -> list[str]:
@@ -46,8 +48,9 @@ def table(results: list[dict], titles: dict[str, str]) -> list[str]:
     out = []
     for model in dict.fromkeys(r["model"] for r in results):
         out += [f"\n### {titles.get(model, model)}\n",
-                "| server | rows | conc | req/s | × floor | p50 ms | p99 ms | p50 × floor | errors |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| server | rows | conc | req/s | × floor | p50 ms | p99 ms | p50 × floor | CPU µs/req | settled s | "
+                "errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         servers = list(dict.fromkeys(r["server"] for r in results if r["model"] == model))
         for rows, conc in sorted({(r["rows"], r["conc"]) for r in results if r["model"] == model}):
             floor = cells.get((model, "floor", rows, conc))
@@ -58,7 +61,7 @@ def table(results: list[dict], titles: dict[str, str]) -> list[str]:
                 ratio = c["rps"] / floor["rps"] if floor else float("nan")
                 p50_ratio = c["p50"] / floor["p50"] if floor else float("nan")
                 out.append(f"| {server} | {rows} | {conc} | {c['rps']:,.0f} | {ratio:.2f} | {c['p50']:.3f} | "
-                           f"{c['p99']:.3f} | {p50_ratio:.2f} | {c['errors']} |")
+                           f"{c['p99']:.3f} | {p50_ratio:.2f} | {c['cpu']:,.0f} | {c['settle']:.1f} | {c['errors']} |")
     return out
 
 
@@ -244,7 +247,10 @@ def render(results: list[dict], startup: dict, profile: dict | None, args, elaps
         "`fastapi-onnx` is a hand-written FastAPI endpoint running nbdeploy's ONNX conversion in ONNX Runtime.",
         "`nbdeploy, log off` is the same server with `NBDEPLOY_PREDICTION_LOG=off`, to show the log's share;",
         "`baseline` is the code before this work (`--baseline`), log on and off, measured in the same rounds.",
-        "Memory and CPU per request count the server and its children (the log's writer process).",
+        "Memory and CPU per request count the server and its children (the log's writer process). After",
+        "each cell the harness waits until the server's processes are idle (`settled s`: a log writer still",
+        "committing a burst's predictions); that CPU is counted in the cell's CPU per request, and the next",
+        "server is measured on a quiet machine.",
         "",
         f"Machine: {cpu}, {len(__import__('os').sched_getaffinity(0))} cores; Python {platform.python_version()}, "
         f"numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}; wrk -c1 (1 thread) / -c16 "

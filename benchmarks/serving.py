@@ -108,13 +108,16 @@ def measure_model(model, servers, work, wrk_bin, args) -> list[dict]:
                     body = body_file(work, server, model, rows)
                     cpu = server.cpu_seconds()
                     r = harness.wrk(wrk_bin, server.score_url, body, conc, args.duration)
+                    settle = server.settle()  # the log's writer may still be catching up: its CPU is this cell's
                     cpu_us = (server.cpu_seconds() - cpu) / max(r.requests, 1) * 1e6
                     results.append({"model": model.name, "server": server.label, "rows": rows, "conc": conc,
                                     "round": round_no, "rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms,
-                                    "errors": r.errors, "rss": server.rss_mb(), "cpu_us": cpu_us})
+                                    "errors": r.errors, "rss": server.rss_mb(), "cpu_us": cpu_us,
+                                    "settle_s": settle})
                     print(f"  {model.name:4} {server.label:22} rows={rows:<3} c={conc:<2} "
                           f"{r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms  "
-                          f"cpu {cpu_us:6.0f} us/req" + (f"  errors {r.errors}" if r.errors else ""), flush=True)
+                          f"cpu {cpu_us:6.0f} us/req  settled {settle:4.1f} s"
+                          + (f"  errors {r.errors}" if r.errors else ""), flush=True)
     finally:
         for server in live:
             server.stop()
