@@ -1,14 +1,15 @@
 """A :class:`~nbdeploy.store.events.PredictionEvent` as bytes and back, for the log's writer process.
 
-The server packs each event on its request path, so packing is a few ``struct`` calls and one
-``tobytes`` per array, no per-row Python work. Numeric arrays travel as their dtype, shape and
-raw bytes, exactly. An answered request's arrays usually share their row count and, request after
-request, their names, dtypes and widths: that description (the *schema*) is made once per kind of
-request on each side and the event carries it as bytes the writer process looks up, so unpacking
-is one ``np.frombuffer`` per array. Object arrays (strings, categories, a failed request's raw values) travel as
-JSON written by the log's own rule (:func:`nbdeploy.store.batch.dumps`: NaN as null, bytes decoded),
-so what the writer process logs is what the log would have written from the original arrays.
-Nothing here is pickled.
+Numeric arrays travel as their dtype, shape and raw bytes, exactly. An answered request's arrays
+usually share their row count and, request after request, their names, dtypes and widths: that
+description (the *schema*) is made once per kind of request on each side. The server packs what
+waited for its flusher (:func:`pack_many`, every few milliseconds, off the request path): the events
+of one schema go together, column by column (one ``np.concatenate`` per array, the scalars as
+arrays, the texts as one JSON document), so neither side does Python work per array per event; any
+other event (a refused request, string inputs) is packed alone (:func:`pack`). Object arrays
+(strings, categories, a failed request's raw values) travel as JSON written by the log's own rule
+(:func:`nbdeploy.store.batch.dumps`: NaN as null, bytes decoded), so what the writer process logs
+is what the log would have written from the original arrays. Nothing here is pickled.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _STR = struct.Struct("<I")
 _ARRAY = struct.Struct("<HBB")  # name length, dtype-text length, ndim
 _NONE = 0xFFFFFFFF
 GENERIC, FIXED = b"\x00", b"\x01"  # every array described in full; or a schema, a row count and the raw data
+_GROUP = struct.Struct("<IHI")  # events, inputs, schema length
 _SCHEMAS: dict[Any, bytes] = {}  # the server's: a kind of request to its schema's bytes
 _LAYOUTS: dict[bytes, list[tuple[str, np.dtype, tuple[int, ...], int]]] = {}  # the writer's: schema to layout
 MAX_SCHEMAS = 1024  # kinds of request remembered on each side (a few per model version in practice)
@@ -52,6 +54,8 @@ def _array(name: str, arr: Any) -> list[bytes]:
 
 def _schema(arrays: list[tuple[str, Any]]) -> tuple[bytes, int] | None:
     """The schema of arrays that all have one row count and fixed-size dtypes, and that count; else None."""
+    if not arrays:  # a request refused before it had any (an unreadable body): the general layout
+        return None
     rows = -1
     key = []
     for name, arr in arrays:
@@ -186,3 +190,100 @@ def unpack(data: bytes | memoryview) -> PredictionEvent:
         raise ValueError("not a packed prediction event")
     return PredictionEvent(id=key, ts=ts, model=model, version=version, inputs=inputs, outputs=outputs,
                            latency_ms=latency_ms, status=status, error=error, client_id=client_id)
+
+
+def pack_many(events: list[PredictionEvent]) -> list[tuple[bool, bytes]]:
+    """``events`` as payloads, each ``(grouped, payload)``: answered requests with the same inputs and outputs
+    together, column by column (:func:`unpack_group`); any other event alone (:func:`unpack`). Events of a
+    group keep their order; a batch's groups follow one another, as the log's own batches do."""
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[PredictionEvent]] = {}
+    out: list[tuple[bool, bytes]] = []
+    for e in events:
+        if e.status == 200 and e.inputs:
+            groups.setdefault((tuple(e.inputs), tuple(e.outputs)), []).append(e)
+        else:
+            out.append((False, pack(e)))
+    for (ins, outs), members in groups.items():
+        grouped = _pack_group(ins, outs, members)
+        if grouped is not None:
+            out.append((True, grouped))
+            continue
+        # some arrays of another dtype or width: group by each event's whole schema instead (rare, dearer)
+        exact: dict[bytes | None, list[PredictionEvent]] = {}
+        for e in members:
+            fixed = _schema([*e.inputs.items(), *e.outputs.items()])
+            exact.setdefault(None if fixed is None else fixed[0], []).append(e)
+        for schema, same in exact.items():
+            grouped = _pack_group(ins, outs, same) if schema is not None and len(same) > 1 else None
+            out += [(True, grouped)] if grouped is not None else [(False, pack(e)) for e in same]
+    return out
+
+
+def _pack_group(ins: tuple[str, ...], outs: tuple[str, ...], events: list[PredictionEvent]) -> bytes | None:
+    """One payload for answered events with the same input and output names; None unless every array of a
+    name has one fixed-size dtype and one width, and every event's arrays one row count."""
+    columns = [[e.inputs[n] for e in events] for n in ins] + [[e.outputs[n] for e in events] for n in outs]
+    try:
+        rows = [len(a) for a in columns[0]]
+        for col in columns:
+            if len({a.dtype for a in col}) != 1 or col[0].dtype.hasobject or [len(a) for a in col] != rows:
+                return None
+        arrays = [np.concatenate(col) for col in columns]  # a width that differs raises
+        texts = orjson.dumps([[e.id for e in events], [e.model for e in events], [e.error for e in events],
+                              [e.client_id for e in events]])
+    except (TypeError, ValueError, AttributeError, orjson.JSONEncodeError):  # 0-d, a list, ...
+        return None
+    fixed = _schema([*zip(ins + outs, (a[:0] for a in arrays), strict=True)])
+    if fixed is None:
+        return None
+    schema = fixed[0]
+    parts = [_GROUP.pack(len(events), len(ins), len(schema)), schema, np.array(rows, np.uint32).tobytes(),
+             np.array([e.ts for e in events], np.float64).tobytes(),
+             np.array([e.version for e in events], np.int64).tobytes(),
+             np.array([e.latency_ms for e in events], np.float64).tobytes(),
+             np.array([e.status for e in events], np.int32).tobytes(), _STR.pack(len(texts)), texts]
+    parts += [a.tobytes() for a in arrays]
+    return b"".join(parts)
+
+
+def unpack_group(data: bytes) -> list[PredictionEvent]:
+    """The events :func:`pack_many` grouped; their arrays are views of one array per column."""
+    try:
+        n, n_in, schema_len = _GROUP.unpack_from(data, 0)
+        at = _GROUP.size
+        layout = _layout(bytes(data[at:at + schema_len]))
+        at += schema_len
+
+        def column(dtype: Any, count: int) -> np.ndarray:
+            nonlocal at
+            size = np.dtype(dtype).itemsize * count
+            if at + size > len(data):
+                raise ValueError("it ends early")
+            arr = np.frombuffer(data, dtype, count, at)
+            at += size
+            return arr
+
+        rows = column(np.uint32, n)
+        ts, version, latency = column(np.float64, n).tolist(), column(np.int64, n).tolist(), \
+            column(np.float64, n).tolist()
+        status = column(np.int32, n).tolist()
+        (size,) = _STR.unpack_from(data, at)
+        ids, models, errors, clients = orjson.loads(data[at + 4:at + 4 + size])
+        at += 4 + size
+        total = int(rows.sum(dtype=np.int64))
+        cols = [(name, column(dtype, total * items).reshape((total, *trail))) for name, dtype, trail, items in layout]
+        if at != len(data) or not len(ids) == len(models) == len(errors) == len(clients) == n:
+            raise ValueError("it does not add up")
+    except (struct.error, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not a packed group of prediction events: {exc}") from None
+    ends = np.cumsum(rows, dtype=np.int64).tolist()
+    events = []
+    start = 0
+    for i in range(n):
+        end = ends[i]
+        arrays = [(name, col[start:end]) for name, col in cols]
+        events.append(PredictionEvent(id=ids[i], ts=ts[i], model=models[i], version=version[i],
+                                      inputs=dict(arrays[:n_in]), outputs=dict(arrays[n_in:]),
+                                      latency_ms=latency[i], status=status[i], error=errors[i], client_id=clients[i]))
+        start = end
+    return events

@@ -2,19 +2,20 @@
 
 A writer thread in the server's process shares its GIL with the event loop: each time the loop
 waits for the network the writer takes the GIL, and each time it gives it back the loop has been
-kept waiting, a convoy that cost the server several times the writer's own work. Here the server
-only packs each event (:mod:`nbdeploy.store.eventcodec`: a few ``struct`` calls and a ``tobytes``
-per array) and appends it to a buffer; a flusher thread that wakes every :data:`FLUSH_EVERY_S`
-writes the buffer to a pipe in one system call. The writer process (``python -m
+kept waiting, a convoy that cost the server several times the writer's own work. Here the request
+path only appends each event to a list; a flusher thread that wakes every :data:`FLUSH_EVERY_S`
+packs what waits (:func:`nbdeploy.store.eventcodec.pack_many`: the events of one kind column by
+column) and writes it to a pipe in one system call. The writer process (``python -m
 nbdeploy.store.writerprocess``) reads the pipe and runs the same :class:`~nbdeploy.store.writer.LogWriter`
 the thread did, in one thread: batches, rollups, retries, retention and drop counting are its.
 
 :class:`ProcessWriter` is the server side and has the writer's interface, so
 :class:`~nbdeploy.store.log.PredictionLog` holds either. What it adds:
 
-* a bound on what waits in the server (:data:`MAX_PENDING_BYTES`); beyond it, or while there is no
-  writer process, a request is counted as dropped here, and the count reaches the rollups through
-  the next ``DROPS`` frame;
+* a bound on what waits in the server (``max_queue`` requests, ``settings.max_queue_rows`` rows, as
+  the writer's own queue): while there is no writer process events wait there; beyond the bound a
+  request is counted as dropped here, and the count reaches the rollups through the next ``DROPS``
+  frame;
 * ``flush`` is a round trip: a ``FLUSH`` frame, answered once everything before it is committed;
 * the writer process reports its counts and its file's health every :data:`STATUS_EVERY_S`
   seconds and with every answer; ``dropped`` and ``health()`` add them to the server's own;
@@ -56,9 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nbdeploy.log")
 
 FRAME = struct.Struct("<IB")
-EVENT, FLUSH, DROPS, CLOSE = 1, 2, 3, 4
+EVENT, FLUSH, DROPS, CLOSE, EVENTS = 1, 2, 3, 4, 5  # EVENTS: a group of events (eventcodec.pack_many)
 FLUSH_EVERY_S = 0.01  # how long an event may wait in the server before it goes down the pipe
-MAX_PENDING_BYTES = 64 * 1024 * 1024  # packed events waiting in the server, at most
 PIPE_BYTES = 1024 * 1024  # asked of the kernel for the pipe (it may give less)
 STATUS_EVERY_S = 0.5
 RESPAWN_EVERY_S = 1.0
@@ -75,10 +75,11 @@ class ProcessWriter:
                  interval: float) -> None:
         self.home, self.shown, self.settings = home, shown, settings
         self.max_queue, self.batch_rows, self.interval = max_queue, batch_rows, interval
-        self._lock = threading.Lock()  # the buffer, the keys and the counts below
-        self._pending: list[bytes] = []  # frames: header, payload, header, payload...
-        self._pending_keys: list[Key] = []  # one per EVENT frame in _pending
-        self._pending_bytes = self._pending_rows = 0
+        self._lock = threading.Lock()  # the buffers, the keys and the counts below
+        self._events: list[PredictionEvent] = []  # waiting for the flusher
+        self._pending_keys: list[Key] = []  # one per waiting event
+        self._pending_rows = 0
+        self._control: list[bytes] = []  # frames sent after the waiting events: FLUSH, CLOSE
         self._inflight: collections.deque[Key] = collections.deque()  # sent, not yet settled by the writer process
         self._settled = 0  # what the writer process had settled at its last status
         self._drops: collections.Counter[tuple[str, int, int]] = collections.Counter()  # not yet in a rollup
@@ -129,6 +130,10 @@ class ProcessWriter:
     def queued_rows(self) -> int:
         return self._pending_rows + int(self._child.get("queued_rows", 0))
 
+    @property
+    def queued(self) -> int:
+        return len(self._events)
+
     def health(self) -> dict[str, Any]:
         """The writer process's file health and the counts of both sides."""
         child = self._child
@@ -141,18 +146,17 @@ class ProcessWriter:
 
     # -- the sink --------------------------------------------------------------------------
     def put(self, event: PredictionEvent) -> None:
-        """Pack and buffer one event. Never blocks, never raises: beyond the bound it counts a drop."""
+        """Queue one event for the flusher. Never blocks, never raises: beyond the bounds it counts a drop."""
         try:
-            data = eventcodec.pack(event)
             key = (str(event.model), int(event.version), int(event.ts // BUCKET_SECONDS), event_rows(event))
         except Exception:
             self._count_lost([("?", 0, int(time.time() // BUCKET_SECONDS), 1)])
             return
         with self._lock:
-            if not self._closing and self._pending_bytes + len(data) <= MAX_PENDING_BYTES:
-                self._pending += (FRAME.pack(len(data), EVENT), data)
+            if not self._closing and len(self._events) < self.max_queue and (
+                    not self._events or self._pending_rows + key[3] <= self.settings.max_queue_rows):
+                self._events.append(event)
                 self._pending_keys.append(key)
-                self._pending_bytes += len(data)
                 self._pending_rows += key[3]
                 return
         self._count_lost([key])
@@ -176,7 +180,7 @@ class ProcessWriter:
         """Wait until everything queued so far is committed; False on timeout."""
         token = next(self._tokens)
         with self._lock:
-            self._pending += (FRAME.pack(8, FLUSH), struct.pack("<Q", token))
+            self._control += (FRAME.pack(8, FLUSH), struct.pack("<Q", token))
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._cond:
@@ -195,7 +199,7 @@ class ProcessWriter:
         """Send what is queued, let the writer process commit it and exit; stop the flusher."""
         with self._lock:
             self._closing = True
-            self._pending += (FRAME.pack(0, CLOSE), b"")
+            self._control += (FRAME.pack(0, CLOSE), b"")
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -204,12 +208,19 @@ class ProcessWriter:
             try:
                 proc.wait(max(0.1, timeout))
             except subprocess.TimeoutExpired:
-                log.error("the prediction log's writer process did not finish in %.0f s: stopping it", timeout)
+                log.error("the writer process of the prediction log %s did not finish in %.0f s: stopping it",
+                          self.shown, timeout)
                 proc.kill()
                 proc.wait()
         if self._status_thread is not None:
             self._status_thread.join(2)
         self._forget_process()
+        with self._lock:  # no writer process took them (it was gone and could not be started again in time)
+            left, self._events, self._pending_keys = self._pending_keys, [], []
+        if left:
+            self._count_lost(left)
+            log.error("%d requests were not logged to %s: its writer process was not running at shutdown", len(left),
+                      self.shown)
 
     # -- the flusher thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -229,17 +240,28 @@ class ProcessWriter:
                 return
 
     def _send(self) -> None:
-        """Everything buffered down the pipe in one write; without a writer process it waits (bounded)."""
+        """Everything waiting, packed, down the pipe in one write; without a writer process it waits (bounded)."""
         if self._proc is None:
             return
         with self._lock:
-            chunks, keys, self._pending, self._pending_keys = self._pending, self._pending_keys, [], []
-            self._pending_bytes = self._pending_rows = 0
+            events, keys, control = self._events, self._pending_keys, self._control
+            self._events, self._pending_keys, self._control, self._pending_rows = [], [], [], 0
             drops, self._drops = self._drops, collections.Counter()
+        chunks: list[bytes] = []
+        try:
+            packed = eventcodec.pack_many(events)
+        except Exception:  # a bug: say so, count what it cost, carry on
+            log.exception("cannot pack %d prediction events for %s; counted as dropped", len(events), self.shown)
+            self._count_lost(keys)
+            packed, keys = [], []
+        with self._lock:
             self._inflight.extend(keys)  # before the write: the answer may come before write_all returns
         if drops:
             payload = orjson.dumps([[m, v, b, n] for (m, v, b), n in drops.items()])
-            chunks = [FRAME.pack(len(payload), DROPS), payload, *chunks]
+            chunks += (FRAME.pack(len(payload), DROPS), payload)
+        for grouped, payload in packed:
+            chunks += (FRAME.pack(len(payload), EVENTS if grouped else EVENT), payload)
+        chunks += control  # after the events: a flush answers once they are committed
         if not chunks:
             return
         try:
@@ -262,8 +284,8 @@ class ProcessWriter:
             self._cond.notify_all()
         self._count_lost(lost)
         if not self._closing and proc is not None:
-            log.error("the prediction log's writer process exited (code %s); the %d requests it held are counted "
-                      "as dropped; starting another", proc.returncode, len(lost))
+            log.error("the writer process of the prediction log %s exited (code %s); the %d requests it held are "
+                      "counted as dropped; starting another", self.shown, proc.returncode, len(lost))
         self._forget_process()
 
     def _forget_process(self) -> None:
@@ -292,7 +314,7 @@ class ProcessWriter:
             self._proc = subprocess.Popen(argv, pass_fds=(events_r, status_w), env=env, stdin=subprocess.DEVNULL,
                                           close_fds=True)
         except OSError as exc:
-            log.error("cannot start the prediction log's writer process: %s", exc)
+            log.error("cannot start the writer process of the prediction log %s: %s", self.shown, exc)
             for fd in (events_r, events_w, status_r, status_w):
                 os.close(fd)
             return

@@ -25,7 +25,7 @@ import orjson
 from nbdeploy.store import eventcodec
 from nbdeploy.store.batch import BUCKET_SECONDS
 from nbdeploy.store.log import PredictionLog, registry_profiles
-from nbdeploy.store.logprocess import CLOSE, DROPS, EVENT, FLUSH, FRAME, STATUS_EVERY_S, write_all
+from nbdeploy.store.logprocess import CLOSE, DROPS, EVENT, EVENTS, FLUSH, FRAME, STATUS_EVERY_S, write_all
 from nbdeploy.store.registry import Store
 from nbdeploy.store.writer import LogWriter
 
@@ -47,11 +47,11 @@ class RegistryProfiles:
         return self._profiles(model, version)
 
 
-def _status(writer: LogWriter, received: int, token: int | None = None) -> bytes:
+def _status(writer: LogWriter, received: int, token: int | None = None, damaged: int = 0) -> bytes:
     health = writer.health()
     return orjson.dumps({
-        "token": token, "settled": received - writer.queued, "dropped": writer.dropped,
-        "dropped_rows": writer.dropped_rows, "duplicates": writer.duplicates, "pruned": writer.pruned,
+        "token": token, "settled": received - writer.queued, "dropped": writer.dropped + damaged,
+        "dropped_rows": writer.dropped_rows + damaged, "duplicates": writer.duplicates, "pruned": writer.pruned,
         "queued_rows": writer.queued_rows, "ok": health["ok"], "error": health["error"],
         "recoveries": health["recoveries"], "recovered_from": health["recovered_from"],
     }) + b"\n"
@@ -62,7 +62,7 @@ def serve(events_fd: int, status_fd: int, writer: LogWriter) -> None:
     ``batch_rows`` rows wait or a flush asks), answer flushes, report now and then. Returns after
     closing the writer."""
     buffered = bytearray()
-    received = 0
+    received = damaged = 0
     closing = False
     next_step = time.monotonic() + writer.interval
     next_status = 0.0
@@ -82,13 +82,19 @@ def serve(events_fd: int, status_fd: int, writer: LogWriter) -> None:
                     break
                 payload = bytes(buffered[at + FRAME.size:at + FRAME.size + size])
                 at += FRAME.size + size
-                if kind == EVENT:
-                    received += 1
+                if kind in (EVENTS, EVENT):
                     try:
-                        writer.put(eventcodec.unpack(payload))
-                    except ValueError:
-                        log.error("a prediction event arrived damaged; counted as dropped")
-                        writer.count_dropped(("?", 0, int(time.time() // BUCKET_SECONDS)), 1)
+                        events = eventcodec.unpack_group(payload) if kind == EVENTS else [eventcodec.unpack(payload)]
+                    except ValueError:  # cannot happen between two copies of one program; counted if it does
+                        n = struct.unpack_from("<I", payload)[0] if kind == EVENTS and len(payload) >= 4 else 1
+                        log.error("%d prediction events arrived damaged; counted as dropped", n)
+                        writer.count_dropped(("?", 0, int(time.time() // BUCKET_SECONDS)), n)
+                        damaged += n
+                        received += n
+                        continue
+                    received += len(events)
+                    for event in events:
+                        writer.put(event)
                 elif kind == FLUSH:
                     tokens.append(struct.unpack("<Q", payload)[0])
                 elif kind == DROPS:
@@ -102,14 +108,14 @@ def serve(events_fd: int, status_fd: int, writer: LogWriter) -> None:
             writer.step()
             next_step = time.monotonic() + writer.interval
             for token in tokens:
-                write_all(status_fd, _status(writer, received, token))
+                write_all(status_fd, _status(writer, received, token, damaged))
             tokens = []
         if now >= next_status:
-            write_all(status_fd, _status(writer, received))
+            write_all(status_fd, _status(writer, received, None, damaged))
             next_status = now + STATUS_EVERY_S
     writer.close()
     with contextlib.suppress(OSError):
-        write_all(status_fd, _status(writer, received))
+        write_all(status_fd, _status(writer, received, None, damaged))
 
 
 def main(argv: list[str] | None = None) -> int:

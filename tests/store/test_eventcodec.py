@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nbdeploy.store.eventcodec import pack, unpack
+from nbdeploy.store.eventcodec import pack, pack_many, unpack, unpack_group
 from nbdeploy.store.events import PredictionEvent
 
 
@@ -88,3 +88,49 @@ def test_damaged_bytes_are_refused_not_misread(cut: int, make) -> None:
         unpack(data[:cut])
     with pytest.raises(ValueError, match="packed prediction event"):
         unpack(data + b"\x00")
+
+
+def unpack_all(payloads: list[tuple[bool, bytes]]) -> list[PredictionEvent]:
+    return [e for grouped, data in payloads for e in (unpack_group(data) if grouped else [unpack(data)])]
+
+
+def test_a_batch_travels_in_groups_and_comes_back_exactly() -> None:
+    """What waited for the flusher: answers of one kind go together; a refused request, string inputs and an
+    answer whose arrays have another dtype go alone; every event comes back as it was."""
+    answers = [numeric() for _ in range(5)]
+    for i, e in enumerate(answers):
+        e.id, e.ts, e.latency_ms, e.client_id = f"key-{i}", 1_765_000_000.0 + i, 0.1 * i, None if i % 2 else f"c{i}"
+    answers[3].inputs = {"age": np.array([[1.0]] * 4, np.float32), "n": np.array([[5]] * 4)}  # more rows
+    answers[3].outputs = {"label": np.zeros(4, np.int64), "probabilities": np.zeros((4, 2), np.float32)}
+    wider = numeric()
+    wider.inputs = {"age": np.array([[31.0], [47.5]], np.float64), "n": np.array([[1], [2]])}  # another dtype
+    refused = event(inputs={"age": np.array([["abc"]], object)}, outputs={}, status=400, error="not a number")
+    strings = event()
+    batch = [*answers[:2], refused, *answers[2:], strings, wider]
+    payloads = pack_many(batch)
+    assert [grouped for grouped, _ in payloads].count(True) == 1
+    assert len(unpack_group(next(d for g, d in payloads if g))) == 5
+    back = {e.id: e for e in unpack_all(payloads)}
+    assert len(back) == 6  # the five answers; refused, strings and wider share the default id
+    for e in answers:
+        same(e, back[e.id])
+    assert sorted(e.status for e in unpack_all(payloads)) == [200] * 7 + [400]
+    wider_back = [e for e in unpack_all(payloads) if e.inputs["age"].dtype == np.float64]
+    assert len(wider_back) == 1 and wider_back[0].inputs["age"].tolist() == [[31.0], [47.5]]
+
+
+def test_a_damaged_group_is_refused() -> None:
+    (grouped, data), = pack_many([numeric(), numeric()])
+    assert grouped
+    for broken in (data[:20], data[:-1], data + b"\x00"):
+        with pytest.raises(ValueError, match="packed group"):
+            unpack_group(broken)
+
+
+def test_a_request_refused_before_it_had_arrays() -> None:
+    """An unreadable body is refused before any tensor exists: the event has no arrays at all."""
+    original = event(inputs={}, outputs={}, status=400, error="request body is not valid JSON")
+    same(original, unpack(pack(original)))
+    [(grouped, data)] = pack_many([original])
+    assert not grouped
+    same(original, unpack(data))
