@@ -133,16 +133,10 @@ def command(peer: str, python: Path, model_pickle: Path, columns: list[str] | No
     # the peer's own bin first: MLflow starts `uvicorn` by name
     env = {**os.environ, "PEER_MODEL": str(model_pickle), "PEER_ONNX": str(model_onnx or ""),
            "PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
-    if peer == "fastapi-onnx":
-        app = work / "fastapi_onnx_app.py"
-        app.write_text(FASTAPI_ONNX_APP)
-        argv = [str(python), "-m", "uvicorn", "fastapi_onnx_app:app", "--port", str(port), "--loop", "uvloop",
-                "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-        return PeerCommand(peer, argv, env, "/predict", work)
-    if peer == "fastapi":
-        app = work / "fastapi_app.py"
-        app.write_text(FASTAPI_APP)
-        argv = [str(python), "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--loop", "uvloop",
+    if peer in ("fastapi", "fastapi-onnx"):  # one uvicorn command, two apps
+        module = peer.replace("-", "_") + "_app"
+        (work / f"{module}.py").write_text(FASTAPI_ONNX_APP if peer == "fastapi-onnx" else FASTAPI_APP)
+        argv = [str(python), "-m", "uvicorn", f"{module}:app", "--port", str(port), "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         return PeerCommand(peer, argv, env, "/predict", work)
     if peer == "mlflow":

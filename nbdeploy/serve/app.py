@@ -40,6 +40,7 @@ from nbdeploy.store.events import EventSink, NullSink
 
 log = logging.getLogger("nbdeploy.server")
 POLL_SECONDS = 0.2
+WRITER_READY_S = 5.0  # readiness waits this long at most for the log's writer (a database out of reach: no longer)
 
 
 async def _nbdeploy_error(request: Request, exc: Exception) -> Response:
@@ -91,6 +92,9 @@ def create_app(store: Store, *, poll_seconds: float = POLL_SECONDS, config: Serv
 
         await run_in_threadpool(ctx.canaries.refresh)
         await run_in_threadpool(runtime.sync, True)
+        ready = getattr(app.state.sink, "wait_ready", None)
+        if callable(ready):  # the log's writer process, started with the sink: ready by now, or in a moment
+            await run_in_threadpool(ready, WRITER_READY_S)
         thread = threading.Thread(target=follow, name="nbdeploy-store-follower", daemon=True)
         thread.start()
         # judges running canaries from the prediction log when there is one, else from this process's counters

@@ -182,6 +182,12 @@ class PredictionLog:
         """Wait until everything queued so far is committed; False on timeout or a dead writer."""
         return self.writer.flush(timeout)
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the writer can commit (a writer process has started and opened the log); False on
+        timeout. The server waits for it before it says it is ready, so its first answers are committed
+        as promptly as any, and a label for them finds them."""
+        return self.writer.wait_ready(timeout)
+
     def write(self, events: list[PredictionEvent]) -> None:
         """Commit events and their rollups now, ``batch_rows`` rows per transaction (bulk loads, tests)."""
         self.writer.write(events)
@@ -252,8 +258,8 @@ class PredictionLog:
             missing = [i for i in missing if i not in found]
         requests = reader.requests_by_client(sorted({c for i in missing for c in labels.client_ids(i)}))
         unnamed = [i for i in missing if not any(c in requests for c in labels.client_ids(i))]
-        if unnamed:  # ... or in another server worker's queue: wait one of its commits
-            time.sleep(2 * self.writer.interval)
+        if unnamed:  # ... or in another server worker's queue: wait one of its commits (and hand-over)
+            time.sleep(3 * self.writer.interval)
             found.update(reader.predictions(unnamed))
             requests.update(reader.requests_by_client(sorted({c for i in unnamed for c in labels.client_ids(i)})))
         derived = {k for i in missing if i not in found for k in labels.derived_keys(i, requests)}

@@ -191,6 +191,18 @@ class ProcessWriter:
                 self._cond.wait(min(left, 0.1))
         return True
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the writer process reports its log open; False on timeout (the server serves meanwhile:
+        events wait for it here)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._child.get("ok"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
     def prune(self, now: float | None = None, deadline: float = math.inf) -> bool:
         """Retention is the writer process's, between its commits: nothing to do here."""
         return False

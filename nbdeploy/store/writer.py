@@ -155,6 +155,10 @@ class LogWriter:
         self._wake.set()
         return barrier.wait(timeout)
 
+    def wait_ready(self, timeout: float) -> bool:
+        """A writer thread is ready as soon as it exists (a file it could not open is its own matter)."""
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued (retrying a locked file for most of ``timeout``), stop the thread, close the file."""
         self._give_up_at = time.monotonic() + 0.8 * timeout

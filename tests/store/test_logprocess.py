@@ -85,6 +85,7 @@ def test_close_commits_everything_sent_and_ends_the_process(log_home: str) -> No
     log = PredictionLog(log_home, process=True)
     pid = log.writer.pid
     assert pid is not None
+    assert log.wait_ready(10) and log.health()["ok"]  # what the server waits for before it says it is ready
     for i in range(3_000):
         log.put(event(i))
     log.close()
