@@ -21,6 +21,8 @@ throughput, with 1-row and with 100-row requests (1 - req/s log on ÷ req/s log 
 model with batching on at concurrency 16 ≥ 2× batching off; a monitor snapshot over 1 M logged
 predictions ≤ 100 ms; start-up to ready ≤ 1 s and resident memory ≤ 150 MB with one small model.
 "at filing" quotes the figures the goals were set against (an earlier run on this machine);
+† marks a cell whose log writer was still committing the burst more than a second after it ended:
+its req/s says what a burst of that length costs, not a sustained load (the CPU share says that);
 "before" is the baseline (`--baseline`: the code before this change), measured in the same
 interleaved rounds as "now", this tree."""
 
@@ -40,7 +42,7 @@ def _cells(results: list[dict]) -> dict[tuple, dict]:
     return {k: {"rps": _median(v, "rps"), "p50": _median(v, "p50"), "p99": _median(v, "p99"),
                 "errors": sum(r["errors"] for r in v), "rss": max(r["rss"] for r in v),
                 "cpu": _median([r for r in v if "cpu_us" in r], "cpu_us"),
-                "settle": max((r.get("settle_s", 0.0) for r in v), default=0.0)} for k, v in grouped.items()}
+                "settle": _median([r for r in v if "settle_s" in r], "settle_s")} for k, v in grouped.items()}
 
 
 def table(results: list[dict], titles: dict[str, str]) -> list[str]:
@@ -95,6 +97,15 @@ AT_FILING = {
 }
 
 
+def _cpu_share(cells: dict, model: str, server: str | None, rows: int, conc: int) -> float | None:
+    """1 - CPU per request with the log off ÷ with it on (the writer's catching up included), in percent."""
+    on, off = cells.get((model, server, rows, conc)), cells.get((model, f"{server}, log off", rows, conc))
+    return 100 * (1 - off["cpu"] / on["cpu"]) if on and off and on["cpu"] else None
+
+
+SETTLED_S = 1.0  # a server whose processes were still busy longer than this after a cell: its writer lagged
+
+
 def targets(results: list[dict], startup: dict, monitor_ms: float | None = None) -> list[str]:
     """The goals' table: each figure for this tree ("now"), for the baseline when measured ("before"), and
     as it stood when the goals were set ("at filing", quoted)."""
@@ -106,8 +117,8 @@ def targets(results: list[dict], startup: dict, monitor_ms: float | None = None)
 
     def row(name: str, goal: str, before: float | None, now: float | None, fmt: str, ok: bool | None) -> None:
         reached = "–" if ok is None or now is None or now != now else ("yes" if ok else "**no**")
-        out.append(f"| {name} | {goal} | {AT_FILING.get(name, '–')} | {show(before, fmt)} | {show(now, fmt)} | "
-                   f"{reached} |")
+        filed = AT_FILING.get(name.replace(" †", ""), "–")
+        out.append(f"| {name} | {goal} | {filed} | {show(before, fmt)} | {show(now, fmt)} | {reached} |")
 
     for model in ("lr", "rf"):
         if not cells.get((model, "floor", 1, 16)):
@@ -126,8 +137,18 @@ def targets(results: list[dict], startup: dict, monitor_ms: float | None = None)
         for rows in (1, 100):
             for conc in (1, 16):
                 now = _log_cost(cells, model, "nbdeploy", rows, conc)
-                row(f"{model}: cost of the prediction log, {rows} row{'s' if rows > 1 else ''}, c{conc} (%)", "≤ 10",
-                    _log_cost(cells, model, base, rows, conc), now, ".0f", None if now is None else now <= 10)
+                late = (cells.get((model, "nbdeploy", rows, conc)) or {}).get("settle", 0.0) > SETTLED_S
+                # a writer still committing the burst seconds after it ended did the work later, not for less:
+                # the throughput of a burst says nothing of a sustained load then
+                row(f"{model}: cost of the prediction log, {rows} row{'s' if rows > 1 else ''}, c{conc} (%)"
+                    + (" †" if late else ""), "≤ 10", _log_cost(cells, model, base, rows, conc), now, ".0f",
+                    None if now is None else now <= 10 and not late)
+        for rows in (1, 100):
+            for conc in (1, 16):
+                plural = "s" if rows > 1 else ""
+                row(f"{model}: the log's share of the CPU per request, {rows} row{plural}, c{conc} (%)", "–",
+                    _cpu_share(cells, model, base, rows, conc), _cpu_share(cells, model, "nbdeploy", rows, conc),
+                    ".0f", None)
     now = _ratio(_rps(cells, "mlp", "nbdeploy batching on", 1, 16), _rps(cells, "mlp", "nbdeploy batching off", 1, 16))
     row("≈1 ms model: batching on vs off, 1-row c16", "≥ 2×", None, now, ".2f", None if now is None else now >= 2)
     row("monitor snapshot over 1 M logged predictions, SQLite (ms)", "≤ 100", None, monitor_ms, ".0f",
