@@ -114,7 +114,7 @@ class PredictionLog:
     per-feature out-of-range/unseen counts; see :func:`registry_profiles`. With ``start=False``
     there is no writer thread: :meth:`flush` writes the queue in the calling thread.
     ``settings`` default to :meth:`LogSettings.from_env`. With ``process`` the writer is a process of
-    its own (:mod:`nbdeploy.store.logprocess`: the server's request path only packs events), which reads
+    its own (:mod:`nbdeploy.store.logprocess`: the server's request path only queues events), which reads
     the reference profiles from the store's registry itself (``profiles`` is then not used).
     """
 
@@ -128,7 +128,7 @@ class PredictionLog:
         settings = settings if settings is not None else LogSettings.from_env()
         self.file = LogFile(self.path, settings.feedback_timeout_s, self.location.url)
         self.writer: LogWriter | ProcessWriter
-        if process:  # the server: its request path only packs events (see nbdeploy.store.logprocess)
+        if process:  # the server: its request path only queues events (see nbdeploy.store.logprocess)
             self.writer = ProcessWriter(self.location.text, self.file.shown, settings, max_queue=max_queue,
                                         batch_rows=batch_rows, interval=interval)
         else:

@@ -1,9 +1,10 @@
-"""The prediction log's writer in a process of its own, so that logging costs the server next to nothing.
+"""The prediction log's writer in a process of its own, off the server's GIL.
 
 A writer thread in the server's process shares its GIL with the event loop: each time the loop
 waits for the network the writer takes the GIL, and each time it gives it back the loop has been
-kept waiting, a convoy that cost the server several times the writer's own work. Here the request
-path only appends each event to a list; a flusher thread that wakes every :data:`FLUSH_EVERY_S`
+kept waiting, a convoy that cost the server several times the writer's own work (the writer's own
+CPU remains, on another core when there is one: docs/performance.md). Here the request path only
+appends each event to a list; a flusher thread that wakes every :data:`FLUSH_EVERY_S`
 packs what waits (:func:`nbdeploy.store.eventcodec.pack_many`: the events of one kind column by
 column) and writes it to a pipe in one system call. The writer process (``python -m
 nbdeploy.store.writerprocess``) reads the pipe and runs the same :class:`~nbdeploy.store.writer.LogWriter`
